@@ -1,0 +1,39 @@
+# fgssl: `make train` runs the main job, `make test` the test suite. Both install first.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fgssl-installed
+
+.PHONY: install train test test-all bench lint figures clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (set PY=python3.x)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch/torchvision first, pinned to the releases in the local wheel cache
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+train: install
+	$(BIN)/python train.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+bench: install
+	$(BIN)/python -m fgssl.bench $(ARGS)
+
+figures: install
+	$(BIN)/python figures.py $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests train.py evaluate.py
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

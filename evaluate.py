@@ -1,0 +1,29 @@
+"""Evaluate a checkpoint: ``python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt``.
+
+``ckpt=random`` evaluates the untrained network built from the given config.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from fgssl.config import register_configs
+from fgssl.errors import FgsslError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from fgssl.run import evaluate
+
+    try:
+        evaluate(cfg)
+    except FgsslError as e:
+        print(f"fgssl error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""LightningDataModule: two-view pre-training set, train-eval (memory) set, test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from fgssl.data.images import filter_bad, load_rgb, record_bad
+from fgssl.data.readers import read_split
+from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
+from fgssl.errors import FgsslError
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples -> (transform(image), label).
+
+    With ``cache_side`` set, every image is decoded once (shorter side resized to
+    ``cache_side``) and kept in RAM as a uint8 tensor.
+    A file that fails to decode later is, with ``on_bad='skip'``, recorded in
+    ``bad_log`` and replaced by the next sample; with ``'error'`` it raises an
+    error naming the file.
+    """
+
+    def __init__(self, samples: List[Tuple[str, int]], transform, cache_side: Optional[int] = None,
+                 on_bad: str = "skip", bad_log: Optional[Path] = None):
+        self.samples = samples
+        self.transform = transform
+        self.on_bad = on_bad
+        self.bad_log = bad_log
+        self.cache = None
+        if cache_side:
+            resize = v2.Compose([v2.PILToTensor(), v2.Resize(cache_side, antialias=True)])
+            self.cache = [resize(load_rgb(p)) for p, _ in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> List[int]:
+        return [y for _, y in self.samples]
+
+    def _image(self, i: int):
+        if self.cache is not None:
+            return self.cache[i]
+        return load_rgb(self.samples[i][0])
+
+    def __getitem__(self, i: int):
+        for attempt in range(len(self.samples)):
+            j = (i + attempt) % len(self.samples)
+            try:
+                img = self._image(j)
+            except FgsslError as e:
+                if self.on_bad == "error":
+                    raise
+                record_bad(self.samples[j][0], str(e), self.bad_log)
+                continue
+            return self.transform(img), self.samples[j][1]
+        raise FgsslError("no readable image left in the dataset")
+
+
+def _cap(samples: List[Tuple[str, int]], n: Optional[int]) -> List[Tuple[str, int]]:
+    """Evenly spaced subset of at most ``n`` samples (keeps every class when n allows)."""
+    if n is None or n >= len(samples):
+        return samples
+    idx = torch.linspace(0, len(samples) - 1, n).round().long().unique().tolist()
+    return [samples[i] for i in idx]
+
+
+class FGVRDataModule(pl.LightningDataModule):
+    def __init__(self, data: DictConfig, eval_cfg: DictConfig, out_dir: Optional[str] = None,
+                 world_size: int = 1):
+        super().__init__()
+        self.cfg = data
+        self.eval_cfg = eval_cfg
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.world_size = world_size
+        self._ready = False
+
+    @property
+    def bad_log(self) -> Optional[Path]:
+        return self.out_dir / "bad_images.txt" if self.out_dir else None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._ready:
+            return
+        c = self.cfg
+        train = read_split(c.name, c.root, "train")
+        test = read_split(c.name, c.root, "test")
+        self.classes = train.classes
+        self.num_classes = len(train.classes)
+        tr, te = train.samples, test.samples
+        if c.verify_images:
+            tr = filter_bad(tr, c.on_bad_image, self.bad_log)
+            te = filter_bad(te, c.on_bad_image, self.bad_log)
+        if c.batch_size * self.world_size > len(tr):
+            raise FgsslError(
+                f"data.batch_size={c.batch_size} (x {self.world_size} processes) is larger than the "
+                f"{len(tr)} training images of data={c.name}; lower data.batch_size"
+            )
+        if c.batch_size < 2:
+            raise FgsslError(f"data.batch_size={c.batch_size}: BatchNorm needs at least 2 images per batch")
+        cache = (c.cache_size or 2 * c.image_size) if c.cache else None
+        self.train_samples, self.test_samples = tr, te
+        kw = dict(cache_side=cache, on_bad=c.on_bad_image, bad_log=self.bad_log)
+        self.train_set = ImageDataset(tr, TwoViews(mocov2_view(c.image_size, c.crop_min_scale)), **kw)
+        ev = eval_transform(c.image_size)
+        cap = self.eval_cfg.max_images
+        self.memory_set = ImageDataset(_cap(tr, cap), ev, **kw)
+        self.test_set = ImageDataset(_cap(te, cap), ev, **kw)
+        self._ready = True
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_samples)
+
+    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
+        nw = self.cfg.num_workers
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=nw,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0 and train)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.cfg.batch_size, train=True)
+
+    def val_dataloader(self) -> List[DataLoader]:
+        return [self.memory_loader(), self.test_loader()]
+
+    def memory_loader(self) -> DataLoader:
+        return self._loader(self.memory_set, self.cfg.eval_batch_size, train=False)
+
+    def test_loader(self) -> DataLoader:
+        return self._loader(self.test_set, self.cfg.eval_batch_size, train=False)

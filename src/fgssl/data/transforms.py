@@ -1,0 +1,71 @@
+"""MoCo v2 two-view augmentation and the evaluation transform (torchvision v2).
+
+Both accept PIL images or uint8 tensors (the in-memory cache), so the same
+pipeline serves disk and RAM datasets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _blur_kernel(size: int) -> int:
+    k = max(3, int(0.1 * size))
+    return k if k % 2 == 1 else k + 1
+
+
+def mocov2_view(size: int, min_scale: float = 0.2) -> v2.Compose:
+    """One MoCo v2 view: RRC(0.2-1), ColorJitter(.4,.4,.4,.1) p=.8, Gray p=.2, Blur p=.5, HFlip."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(size: int) -> v2.Compose:
+    """Resize(size * 256/224) + CenterCrop(size): the standard test transform."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(round(size * 256 / 224), antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def linear_train_transform(size: int) -> v2.Compose:
+    """Augmentation of the SGD linear protocol: RandomResizedCrop + HFlip."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class TwoViews:
+    """Apply the same random transform twice: ``x -> (t(x), t(x))``."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, x):
+        return self.transform(x), self.transform(x)
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of the ImageNet normalisation, clamped to [0, 1] (for image grids)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1)

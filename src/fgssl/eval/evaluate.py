@@ -1,0 +1,74 @@
+"""The evaluation suite run at the end of training and by ``evaluate.py``.
+
+Features come through ``method.embed``; metrics are percentages:
+``test/retrieval_rank1``, ``test/retrieval_rank5``, ``test/retrieval_map``,
+``test/linear_top1`` (fast probe), ``test/knn_top1`` (weighted kNN, train as memory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from fgssl.eval.features import extract_features
+from fgssl.eval.knn import weighted_knn_predict
+from fgssl.eval.linear import linear_probe
+from fgssl.eval.retrieval import retrieval_metrics
+
+METRIC_KEYS = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
+               "test/knn_top1")
+
+
+def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True) -> Dict[str, float]:
+    e = cfg.eval
+    t0 = time.perf_counter()
+    method = method.to(device).eval()
+    mem_f, mem_y = extract_features(method, dm.memory_loader(), device, e.feature, "train features", progress)
+    te_f, te_y = extract_features(method, dm.test_loader(), device, e.feature, "test features", progress)
+    t_feat = time.perf_counter() - t0
+    r = retrieval_metrics(te_f, te_y, chunk=e.retrieval_chunk)
+    lin = linear_probe(mem_f.cpu(), mem_y.cpu(), te_f.cpu(), te_y.cpu(), dm.num_classes,
+                       list(e.linear_wd_grid), e.linear_max_iter)
+    pred = weighted_knn_predict(te_f, mem_f, mem_y, dm.num_classes, e.knn_k, e.knn_t)
+    knn = 100.0 * (pred == te_y).float().mean().item()
+    return {
+        "test/retrieval_rank1": r["rank1"],
+        "test/retrieval_rank5": r["rank5"],
+        "test/retrieval_map": r["map"],
+        "test/linear_top1": lin["top1"],
+        "test/knn_top1": knn,
+        "test/linear_wd": lin["wd"],
+        "test/num_train_images": float(len(mem_y)),
+        "test/num_test_images": float(len(te_y)),
+        "test/feature_seconds": t_feat,
+        "test/eval_seconds": time.perf_counter() - t0,
+    }
+
+
+def format_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
+    rows = [(k, f"{metrics[k]:.2f}") for k in METRIC_KEYS if k in metrics]
+    rows += [(k, f"{v:.4g}") for k, v in metrics.items() if k not in METRIC_KEYS]
+    w = max(len(k) for k, _ in rows)
+    v = max(len(x) for _, x in rows)
+    line = f"+-{'-' * w}-+-{'-' * v}-+"
+    out = [line]
+    if title:
+        out += [f"| {title[: w + v + 3].ljust(w + v + 3)} |", line]
+    out += [f"| {k.ljust(w)} | {x.rjust(v)} |" for k, x in rows] + [line]
+    return "\n".join(out)
+
+
+def write_metrics(metrics: Dict[str, float], out_dir: Path, extra: Optional[dict] = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    payload = dict(metrics)
+    if extra:
+        payload.update(extra)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,317 @@
+"""The method contract shared by every SSL method, and the regularizer contract.
+
+A *method* (MoCo v2, SimSiam, ...) is a LightningModule over a backbone. It
+implements :meth:`SSLMethod.ssl_forward` -- its own objective given the online
+pooled features of two views -- and declares its parameter groups and, for
+momentum methods, its online/target pairs. Everything else lives here:
+
+* ``encode(x) -> (A, z)``: layer4 map and its GAP, both fp32 (the backbone may
+  run under autocast; the heads and losses always run in fp32, so gradients
+  w.r.t. ``A`` -- the Grad-CAM signal -- are fp32 too);
+* ``ssl_loss(x1, x2)``: the method's objective on any two image batches (used by
+  SYN for the synthesized pair; it never touches the MoCo queue);
+* ``embed(x)``: the evaluation feature; a regularizer (LCR) may replace it;
+* optimisation: SGD param groups with per-group lr/wd and fixed-lr flags,
+  optional Adam groups (SYN's decoder), linear warm-up + per-step cosine;
+* the EMA of ``momentum_pairs()``;
+* the training step, which computes ``L_C``, computes ``dL_C/dA`` once when a
+  regularizer asks for it, adds every regularizer's weighted loss terms and
+  logs each under its own name;
+* the online kNN monitor (``val/knn_top1``) through Lightning's validation loop.
+
+A *regularizer* (SYN, LCR) is an ``nn.Module`` held in ``method.regularizers``.
+It never needs code inside a method class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from fgssl.eval.knn import weighted_knn_predict
+from fgssl.nets.backbones import build_backbone
+
+
+@dataclass
+class SSLOutput:
+    """What a method's objective returns."""
+
+    loss: Tensor
+    #: Extra scalars to log under ``train/`` (e.g. SimSiam's collapse indicator).
+    logs: Dict[str, Tensor] = field(default_factory=dict)
+    #: Momentum keys produced by the real views, to be enqueued (MoCo).
+    keys: Optional[Tensor] = None
+
+
+@dataclass
+class StepState:
+    """Everything a regularizer may use in one training step."""
+
+    x: Tuple[Tensor, Tensor]
+    A: Tuple[Tensor, Tensor]
+    z: Tuple[Tensor, Tensor]
+    loss_c: Tensor
+    #: ``dL_C/dA`` for both views (fp32, detached), or None if no regularizer asked.
+    grad_A: Optional[Tuple[Tensor, Tensor]]
+    epoch: int
+    step: int
+
+
+class Regularizer(nn.Module):
+    """Base class of the FGVR components that attach to any method."""
+
+    #: Set True to receive ``StepState.grad_A``.
+    needs_gradcam: bool = False
+
+    def loss_terms(self, method: "SSLMethod", state: StepState) -> Dict[str, Tuple[float, Tensor]]:
+        """Return ``{name: (weight, value)}``; the base adds ``weight * value`` to the loss."""
+        raise NotImplementedError
+
+    def param_groups(self, method: "SSLMethod") -> List[dict]:
+        """Extra optimizer groups (same format as :meth:`SSLMethod.learnable_params`)."""
+        return [{"name": type(self).__name__.lower(), "params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def embed(self, method: "SSLMethod", A: Tensor, z: Tensor) -> Optional[Tensor]:
+        """Optionally replace the evaluation feature (LCR's attention pooling)."""
+        return None
+
+    def callbacks(self) -> List[pl.Callback]:
+        return []
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """lr multiplier: linear warm-up over ``warmup`` steps, then half-cosine to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SSLMethod(pl.LightningModule):
+    """Base LightningModule of every SSL method (see module docstring)."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        b = cfg.backbone
+        self.backbone = build_backbone(b.name, b.stem, b.weights, b.zero_init_residual)
+        self.feat_dim = self.backbone.dim
+        self.regularizers = nn.ModuleList()
+        self._val_feats: Dict[int, List[Tuple[Tensor, Tensor]]] = {}
+
+    # ------------------------------------------------------------------ contract
+    def encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Return the fp32 layer4 map ``A`` and ``z = GAP(A)``."""
+        if self.cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        a = self.backbone.feature_map(x).float()
+        return a, a.mean(dim=(2, 3))
+
+    def ssl_forward(self, x1: Tensor, x2: Tensor, z1: Tensor, z2: Tensor) -> SSLOutput:
+        """The method's objective given the images and their online pooled features."""
+        raise NotImplementedError
+
+    def ssl_loss(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """The method's objective on any two image batches (no queue update)."""
+        _, z1 = self.encode(x1)
+        _, z2 = self.encode(x2)
+        return self._fp32(self.ssl_forward, x1, x2, z1, z2).loss
+
+    def learnable_params(self) -> List[dict]:
+        """Param groups: ``{"name", "params", ["lr"], ["weight_decay"], ["fixed_lr"], ["optimizer"]}``."""
+        return [{"name": "backbone", "params": list(self.backbone.parameters())}]
+
+    def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        """(online, target) module pairs updated by EMA after each step."""
+        return []
+
+    def ema_momentum(self) -> float:
+        return 0.0
+
+    def on_real_step(self, out: SSLOutput) -> None:
+        """Hook after the real views' objective (MoCo enqueues its keys here)."""
+
+    @torch.no_grad()
+    def embed(self, x: Tensor, feature: str = "auto") -> Tensor:
+        """L2-normalised evaluation feature of ``x`` (GAP, or a regularizer's pooling)."""
+        a, z = self.encode(x)
+        if feature == "auto":
+            for reg in self.regularizers:
+                f = reg.embed(self, a, z)
+                if f is not None:
+                    return F.normalize(f, dim=1)
+        elif feature != "gap":
+            raise ValueError(f"eval.feature={feature!r} must be 'auto' or 'gap'")
+        return F.normalize(z, dim=1)
+
+    # ------------------------------------------------------------------ helpers
+    def _fp32(self, fn, *args):
+        """Run heads and losses in fp32 even inside an autocast region.
+
+        The surrounding autocast state is remembered so that encoders called from
+        inside (MoCo's key encoder) can re-enter it with :meth:`backbone_autocast`.
+        """
+        dev = self.device.type
+        self._amp_state = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        with torch.autocast(device_type=dev, enabled=False):
+            return fn(*[a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args])
+
+    def backbone_autocast(self):
+        """The autocast context the backbone ran under (mixed precision, if any)."""
+        enabled, dtype = getattr(self, "_amp_state", (False, torch.float32))
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
+
+    def gradcam_grads(self, loss: Tensor, A: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """``dL/dA`` for each map, fp32 and detached (graph kept for the backward)."""
+        grads = torch.autograd.grad(loss.float(), list(A), retain_graph=True, allow_unused=True)
+        return tuple(torch.zeros_like(a) if g is None else g.float().detach() for a, g in zip(A, grads))
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        (x1, x2), _ = batch
+        a1, z1 = self.encode(x1)
+        a2, z2 = self.encode(x2)
+        out = self._fp32(self.ssl_forward, x1, x2, z1, z2)
+        loss_c = out.loss
+        grad_a = None
+        if any(r.needs_gradcam for r in self.regularizers):
+            grad_a = self.gradcam_grads(loss_c, (a1, a2))
+        state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.global_step)
+        total = loss_c
+        logs = {"train/L_C": loss_c.detach()}
+        for reg in self.regularizers:
+            for name, (weight, value) in reg.loss_terms(self, state).items():
+                logs[f"train/{name}"] = value.detach()
+                if weight != 0.0:
+                    total = total + weight * value
+        logs["train/loss"] = total.detach()
+        logs.update({f"train/{k}": v.detach() for k, v in out.logs.items()})
+        self.check_finite(total, logs)
+
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        clip = self.cfg.trainer.gradient_clip_val
+        for opt in opts:
+            if clip:
+                self.clip_gradients(opt, gradient_clip_val=clip)
+            opt.step()
+        scheds = self.lr_schedulers()
+        for s in scheds if isinstance(scheds, list) else [scheds]:
+            if s is not None:
+                s.step()
+        self.update_momentum()
+        self.on_real_step(out)
+
+        for opt in opts:
+            for g in opt.optimizer.param_groups if hasattr(opt, "optimizer") else opt.param_groups:
+                logs[f"lr/{g['name']}"] = torch.tensor(g["lr"])
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False)
+        self.log("loss", total.detach(), prog_bar=True, logger=False)
+        return total.detach()
+
+    def check_finite(self, total: Tensor, logs: Dict[str, Tensor]) -> None:
+        if torch.isfinite(total):
+            return
+        bad = [k for k, v in logs.items() if not torch.isfinite(v).all()]
+        from fgssl.errors import FgsslError
+
+        raise FgsslError(
+            f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}): "
+            f"terms {bad or ['train/loss']}; lower method.lr or check the data"
+        )
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        m = self.ema_momentum()
+        for online, target in self.momentum_pairs():
+            for po, pt in zip(online.parameters(), target.parameters()):
+                pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+            for bo, bt in zip(online.buffers(), target.buffers()):
+                bt.copy_(bo)
+
+    # ------------------------------------------------------------------ optim
+    def _all_param_groups(self) -> List[dict]:
+        groups = list(self.learnable_params())
+        for reg in self.regularizers:
+            groups += reg.param_groups(self)
+        seen: set = set()
+        for g in groups:
+            ids = {id(p) for p in g["params"]}
+            if ids & seen:
+                raise RuntimeError(f"parameter group {g['name']!r} overlaps another group")
+            seen |= ids
+        return [g for g in groups if g["params"]]
+
+    def scaled_lr(self) -> float:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.cfg.method.lr * self.cfg.data.batch_size * world / 256.0
+
+    def configure_optimizers(self):
+        m = self.cfg.method
+        base_lr = self.scaled_lr()
+        sgd, adam = [], []
+        for g in self._all_param_groups():
+            g = dict(g)
+            kind = g.pop("optimizer", "sgd")
+            g.setdefault("lr", base_lr if kind == "sgd" else 1e-4)
+            g.setdefault("weight_decay", m.weight_decay if kind == "sgd" else 0.0)
+            g.setdefault("fixed_lr", False)
+            (sgd if kind == "sgd" else adam).append(g)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        warmup = int(round(m.warmup_epochs * steps_per_epoch))
+
+        def lam(fixed: bool):
+            return (lambda s: 1.0) if fixed else (lambda s: warmup_cosine(s, total, warmup))
+
+        opts, scheds = [], []
+        if sgd:
+            opts.append(torch.optim.SGD(sgd, lr=base_lr, momentum=m.sgd_momentum))
+        if adam:
+            opts.append(torch.optim.Adam(adam, lr=adam[0]["lr"]))
+        for opt in opts:
+            fns = [lam(g["fixed_lr"]) for g in opt.param_groups]
+            scheds.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, fns), "interval": "step"})
+        return opts, scheds
+
+    # ------------------------------------------------------------------ kNN monitor
+    def on_validation_epoch_start(self) -> None:
+        self._val_feats = {}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        f = self.embed(x, self.cfg.eval.feature)
+        self._val_feats.setdefault(dataloader_idx, []).append((f, y))
+
+    def on_validation_epoch_end(self) -> None:
+        if len(self._val_feats) < 2:
+            return
+        parts = []
+        for idx in (0, 1):
+            f = torch.cat([t[0] for t in self._val_feats[idx]])
+            y = torch.cat([t[1] for t in self._val_feats[idx]])
+            if self.trainer.world_size > 1:
+                f = self.all_gather(f).flatten(0, 1)
+                y = self.all_gather(y).flatten(0, 1)
+            parts.append((f, y))
+        (mf, my), (tf, ty) = parts
+        num_classes = int(torch.cat([my, ty]).max().item()) + 1
+        pred = weighted_knn_predict(tf, mf, my, num_classes, self.cfg.eval.knn_k, self.cfg.eval.knn_t)
+        acc = (pred == ty).float().mean() * 100.0
+        self.log("val/knn_top1", acc, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self._val_feats = {}
+
+
+def trainable(modules: Iterable[nn.Module]) -> List[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]

@@ -1,0 +1,92 @@
+"""MoCo v2 (Chen, Fan, Girshick, He 2020) on the shared method contract.
+
+* query encoder = backbone + MLP projector; key encoder = their EMA copy (m = 0.999);
+* InfoNCE against a queue of K negatives at temperature T = 0.2 (``losses/infonce.py``);
+* optional symmetrised loss (both views serve as query and key);
+* the keys of the real second view are all-gathered across ranks, then enqueued
+  (synthetic pairs from SYN call :meth:`ssl_loss` and never touch the queue).
+
+BatchNorm: under DDP, ``trainer=ddp`` turns on SyncBatchNorm, which plays the role
+of shuffle-BN (no rank computes BN statistics on its own keys only). On a single
+device there is no shuffle-BN: query and key batches use their own batch statistics,
+as in single-GPU MoCo reproductions.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fgssl.losses.infonce import infonce_loss
+from fgssl.methods.base import SSLMethod, SSLOutput
+from fgssl.nets.heads import MoCoV2Projector
+
+
+def default_queue_size(num_train: int, global_batch: int, cap: int = 65536) -> int:
+    """min(cap, the largest multiple of the global batch <= 4x the train size)."""
+    k = (4 * num_train) // global_batch * global_batch
+    return max(global_batch, min(cap, k))
+
+
+class MoCoV2(SSLMethod):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        m = cfg.method
+        self.projector = MoCoV2Projector(self.feat_dim, m.proj_hidden or self.feat_dim, m.proj_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projector_momentum = copy.deepcopy(self.projector)
+        for p in list(self.backbone_momentum.parameters()) + list(self.projector_momentum.parameters()):
+            p.requires_grad = False
+        if m.queue_size is None or m.queue_size <= 0:
+            raise ValueError("method.queue_size must be resolved (fgssl.train resolves it from the dataset size)")
+        self.register_buffer("queue", F.normalize(torch.randn(int(m.queue_size), m.proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def learnable_params(self) -> List[dict]:
+        return [
+            {"name": "backbone", "params": list(self.backbone.parameters())},
+            {"name": "projector", "params": list(self.projector.parameters())},
+        ]
+
+    def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_momentum), (self.projector, self.projector_momentum)]
+
+    def ema_momentum(self) -> float:
+        return float(self.cfg.method.ema_momentum)
+
+    @torch.no_grad()
+    def keys(self, x: Tensor) -> Tensor:
+        with self.backbone_autocast():
+            a = self.backbone_momentum.feature_map(x)
+        return F.normalize(self.projector_momentum(a.float().mean(dim=(2, 3))), dim=1)
+
+    def ssl_forward(self, x1: Tensor, x2: Tensor, z1: Tensor, z2: Tensor) -> SSLOutput:
+        m = self.cfg.method
+        q1 = F.normalize(self.projector(z1), dim=1)
+        k2 = self.keys(x2)
+        loss = infonce_loss(q1, k2, self.queue.clone(), m.temperature)
+        if m.symmetric:
+            q2 = F.normalize(self.projector(z2), dim=1)
+            k1 = self.keys(x1)
+            loss = 0.5 * (loss + infonce_loss(q2, k1, self.queue.clone(), m.temperature))
+        return SSLOutput(loss=loss, keys=k2)
+
+    def on_real_step(self, out: SSLOutput) -> None:
+        if out.keys is not None:
+            self.enqueue(out.keys)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """All-gather ``keys`` across ranks and write them at the queue pointer (wrapping)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            keys = self.all_gather(keys).flatten(0, 1)
+        keys = keys.detach().to(self.queue.dtype)
+        k = self.queue.shape[0]
+        n = min(keys.shape[0], k)
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % k
+        self.queue[idx] = keys[:n]
+        self.queue_ptr.fill_((int(self.queue_ptr) + n) % k)

@@ -1,0 +1,255 @@
+"""What ``train.py`` and ``evaluate.py`` do, as plain functions of a composed config."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fgssl.data.datamodule import FGVRDataModule
+from fgssl.data.images import read_bad_log
+from fgssl.errors import FgsslError
+from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
+from fgssl.methods import build_method
+from fgssl.methods.mocov2 import default_queue_size
+
+RUN_DIR_ENV = "FGSSL_RUN_DIR"
+CONFIG_NAME = "config.yaml"
+
+
+# ---------------------------------------------------------------------- paths
+def run_dir(cfg: DictConfig) -> Path:
+    """The job's output directory.
+
+    DDP worker processes re-run the script; they find the parent's directory in
+    ``FGSSL_RUN_DIR`` (Lightning's launcher sets LOCAL_RANK for them).
+    """
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        d = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under Hydra (tests calling run.train directly)
+        d = Path("outputs") / "run"
+    return d
+
+
+def hydra_job_info() -> Dict[str, Optional[str]]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return {"multirun": None, "sweep_dir": None, "job": None}
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": "1" if multirun else None,
+        "sweep_dir": str(hc.sweep.dir) if multirun else None,
+        "job": hc.job.override_dirname or None,
+    }
+
+
+# ---------------------------------------------------------------------- pieces
+def build_logger(cfg: DictConfig, out: Path):
+    lg = cfg.logger
+    if lg.name == "none":
+        return False
+    if lg.name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(out), name="csv", version="")
+    if lg.name == "wandb":
+        if lg.mode not in ("offline", "online", "disabled"):
+            raise FgsslError(f"logger.mode={lg.mode!r} must be offline, online or disabled")
+        info = hydra_job_info()
+        group = lg.group or (Path(info["sweep_dir"]).name if info["sweep_dir"] else None)
+        name = cfg.name + (f"[{info['job']}]" if info["multirun"] and info["job"] else "")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return pl.loggers.WandbLogger(
+            project=lg.project, entity=lg.entity, group=group, name=name, tags=list(lg.tags),
+            save_dir=str(out), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),
+        )
+    raise FgsslError(f"logger.name={lg.name!r} must be wandb, csv or none")
+
+
+def finish_logger(logger) -> None:
+    """Close the wandb run so each multirun job gets its own run."""
+    if isinstance(logger, pl.loggers.WandbLogger):
+        import wandb
+
+        wandb.finish()
+
+
+def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callback]) -> pl.Trainer:
+    t, e = cfg.trainer, cfg.eval
+    every = e.knn_every_n_epochs
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}",
+                                        auto_insert_metric_name=False, save_last=True, save_top_k=1,
+                                        every_n_epochs=1)
+    kw = dict(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=t.sync_batchnorm,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
+        callbacks=[ckpt, *callbacks], num_sanity_val_steps=0,
+        check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
+    )
+    if t.limit_train_batches is not None:
+        kw["limit_train_batches"] = t.limit_train_batches
+    return pl.Trainer(**kw)
+
+
+def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
+    if cfg.method.name == "mocov2" and not cfg.method.queue_size:
+        cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world)
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+
+
+def load_run_config(ckpt: Path) -> DictConfig:
+    """The resolved config saved next to a checkpoint (``checkpoints/config.yaml``)."""
+    for cand in (ckpt.parent / CONFIG_NAME, ckpt.parent.parent / "checkpoints" / CONFIG_NAME):
+        if cand.exists():
+            return OmegaConf.load(cand)
+    raise FgsslError(f"no {CONFIG_NAME} next to checkpoint {ckpt}; it is written by train.py in the run's "
+                     f"checkpoints/ folder")
+
+
+def load_checkpoint_weights(method, ckpt: Path) -> None:
+    """Load the ``state_dict`` of a Lightning checkpoint strictly, with weights_only=True."""
+    if not ckpt.is_file():
+        raise FgsslError(f"ckpt={ckpt}: file not found")
+    try:
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = obj["state_dict"]
+    except Exception as e:  # noqa: BLE001
+        raise FgsslError(f"ckpt={ckpt}: not a readable fgssl checkpoint ({type(e).__name__}: {e})") from None
+    own = method.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise FgsslError(f"ckpt={ckpt} does not match the model built from its config: missing keys "
+                         f"{missing[:10]} ({len(missing)}), unexpected keys {unexpected[:10]} ({len(unexpected)})")
+    method.load_state_dict(state, strict=True)
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    acc = cfg.trainer.accelerator
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise FgsslError(f"trainer.accelerator={acc} but no CUDA device is available; use trainer=cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def report_bad_images(out: Path) -> None:
+    bad = read_bad_log(out / "bad_images.txt")
+    if bad:
+        print(f"\n{len(bad)} bad image(s) were skipped (listed in {out / 'bad_images.txt'}):", file=sys.stderr)
+        for p, why in bad[:20]:
+            print(f"  {p}: {why}", file=sys.stderr)
+        if len(bad) > 20:
+            print(f"  ... and {len(bad) - 20} more", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- entry points
+def train(cfg: DictConfig) -> Dict[str, float]:
+    """Pre-train, checkpoint, evaluate; returns the final metrics (rank 0)."""
+    out = run_dir(cfg).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        os.environ[RUN_DIR_ENV] = str(out)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+
+    logger = build_logger(cfg, out)
+    trainer = build_trainer(cfg, out, logger, [])
+    dm = FGVRDataModule(cfg.data, cfg.eval, str(out), trainer.world_size)
+    dm.setup()
+    resolve_queue(cfg, dm.num_train, trainer.world_size)
+    method = build_method(cfg)
+    if cfg.trainer.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    for reg in method.regularizers:
+        trainer.callbacks.extend(reg.callbacks())
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if cfg.resume and last.exists():
+        old = OmegaConf.load(ckpt_dir / CONFIG_NAME) if (ckpt_dir / CONFIG_NAME).exists() else None
+        now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        if old is not None and old == now:
+            ckpt_path = str(last)
+            print(f"resuming from {last}")
+        else:
+            print(f"found {last} but the config changed: starting fresh")
+    if trainer.is_global_zero:
+        save_config(cfg, ckpt_dir / CONFIG_NAME)
+    if trainer.is_global_zero:
+        n_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
+        print(f"fgssl: {cfg.method.name} on {cfg.data.name} ({dm.num_train} train / {len(dm.test_samples)} test "
+              f"images, {dm.num_classes} classes), {cfg.backbone.name} {cfg.data.image_size}px, "
+              f"{n_params / 1e6:.1f}M trainable params, run dir {out}")
+    trainer.fit(method, datamodule=dm, ckpt_path=ckpt_path)
+
+    metrics: Dict[str, float] = {}
+    if trainer.is_global_zero:
+        if cfg.eval.at_end:
+            metrics = run_evaluation(method, dm, cfg, device_of(cfg), progress=cfg.trainer.enable_progress_bar)
+            write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch,
+                                         "global_step": trainer.global_step})
+            if logger:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            print(format_table(metrics, f"{cfg.name}: {cfg.method.name} / {cfg.data.name}"))
+            print(f"metrics written to {out / 'metrics.json'}")
+        report_bad_images(out)
+    finish_logger(logger)
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> Dict[str, float]:
+    """Evaluate ``cfg.ckpt`` (or an untrained network with ``ckpt=random``)."""
+    if not cfg.ckpt:
+        raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint) or ckpt=random")
+    if cfg.ckpt == "random":
+        run_cfg = cfg
+        out = run_dir(cfg)
+    else:
+        ckpt = Path(cfg.ckpt).expanduser().resolve()
+        if not ckpt.is_file():
+            raise FgsslError(f"ckpt={ckpt}: file not found")
+        run_cfg = load_run_config(ckpt)
+        run_cfg.eval = cfg.eval  # evaluation knobs come from the command line
+        run_cfg.data.num_workers = cfg.data.num_workers
+        run_cfg.trainer.accelerator = cfg.trainer.accelerator
+        out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent.parent
+    pl.seed_everything(cfg.seed, verbose=False)
+    dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
+    dm.setup()
+    resolve_queue(run_cfg, dm.num_train, 1)
+    method = build_method(run_cfg)
+    if cfg.ckpt != "random":
+        load_checkpoint_weights(method, ckpt)
+    metrics = run_evaluation(method, dm, run_cfg, device_of(run_cfg), progress=cfg.trainer.enable_progress_bar)
+    suffix = "" if cfg.eval.feature == "auto" else f"_{cfg.eval.feature}"
+    name = "metrics_random_init" if cfg.ckpt == "random" else f"metrics_eval{suffix}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = write_metrics(metrics, out / ".tmp_eval", {"ckpt": str(cfg.ckpt)})
+    tmp.replace(path)
+    tmp.parent.rmdir()
+    print(format_table(metrics, f"evaluate {cfg.ckpt}"))
+    print(f"metrics written to {path}")
+    return metrics
