@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+import hashlib
+
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -128,6 +130,10 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     channels_last: bool = False
+    #: Stop when the collapse indicator (SimSiam) stays below this for
+    #: ``collapse_patience`` steps (0 = off).
+    collapse_threshold: float = 1e-3
+    collapse_patience: int = 50
 
 
 @dataclass
@@ -159,6 +165,15 @@ class EvalConfig:
     linear_max_iter: int = 200
     #: Retrieval chunk size (rows of the similarity matrix held at once).
     retrieval_chunk: int = 1024
+    #: Linear protocol: ``fast`` (cached-feature logistic regression, default) or
+    #: ``linear_sgd`` (the LCR code's SGD protocol, also run; see eval/linear_sgd.py).
+    protocol: str = "fast"
+    sgd_epochs: int = 100
+    sgd_lr: float = 30.0
+    sgd_weight_decay: float = 0.0
+    sgd_batch_size: int = 256
+    #: Fractions of sgd_epochs at which the lr is multiplied by 0.1 (60 and 80 of 100).
+    sgd_milestones: List[float] = field(default_factory=lambda: [0.6, 0.8])
 
 
 @dataclass
@@ -182,8 +197,24 @@ class Config:
     resume: bool = True
 
 
+def run_slug(overrides: str) -> str:
+    """Directory-safe name for a job's command-line overrides (``default`` when none).
+
+    Used in ``hydra.run.dir`` so that rerunning the same command lands in the same
+    directory and can resume from its last checkpoint.
+    """
+    if not overrides:
+        return "default"
+    slug = "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in overrides)
+    if len(slug) > 100:
+        slug = slug[:80] + "-" + hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return slug
+
+
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` can extend it."""
+    """Register the schema (so ``conf/config.yaml`` can extend it) and the ``fgssl_slug`` resolver."""
+    if not OmegaConf.has_resolver("fgssl_slug"):
+        OmegaConf.register_new_resolver("fgssl_slug", lambda s: run_slug(str(s or "")))
     cs = ConfigStore.instance()
     cs.store(name="fgssl_schema", node=Config)
 

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgssl.callbacks.guards import CollapseGuard
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
@@ -99,7 +100,8 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=t.sync_batchnorm,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
-        callbacks=[ckpt, *callbacks], num_sanity_val_steps=0,
+        callbacks=[ckpt, CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],
+        num_sanity_val_steps=0,
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:
@@ -187,14 +189,17 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
-    if cfg.resume and last.exists():
+    if last.exists():
         old = OmegaConf.load(ckpt_dir / CONFIG_NAME) if (ckpt_dir / CONFIG_NAME).exists() else None
         now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        if old is not None and old == now:
+        if cfg.resume and old is not None and old == now:
             ckpt_path = str(last)
             print(f"resuming from {last}")
-        else:
-            print(f"found {last} but the config changed: starting fresh")
+        elif trainer.is_global_zero:
+            keep = ckpt_dir.with_name(f"checkpoints.previous-{int(last.stat().st_mtime)}")
+            ckpt_dir.rename(keep)
+            why = "resume=false" if not cfg.resume else "the config changed"
+            print(f"found {last} but {why}: starting fresh (old checkpoints moved to {keep})")
     if trainer.is_global_zero:
         save_config(cfg, ckpt_dir / CONFIG_NAME)
     if trainer.is_global_zero:

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
+from fgssl.errors import FgsslError
 from fgssl.eval.features import extract_features
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.eval.linear import linear_probe
@@ -35,7 +36,7 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
                        list(e.linear_wd_grid), e.linear_max_iter)
     pred = weighted_knn_predict(te_f, mem_f, mem_y, dm.num_classes, e.knn_k, e.knn_t)
     knn = 100.0 * (pred == te_y).float().mean().item()
-    return {
+    out = {
         "test/retrieval_rank1": r["rank1"],
         "test/retrieval_rank5": r["rank5"],
         "test/retrieval_map": r["map"],
@@ -45,8 +46,15 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
         "test/num_train_images": float(len(mem_y)),
         "test/num_test_images": float(len(te_y)),
         "test/feature_seconds": t_feat,
-        "test/eval_seconds": time.perf_counter() - t0,
     }
+    if e.protocol == "linear_sgd":
+        from fgssl.eval.linear_sgd import linear_sgd
+
+        out.update(linear_sgd(method, dm, cfg, device, progress))
+    elif e.protocol != "fast":
+        raise FgsslError(f"eval.protocol={e.protocol!r} must be 'fast' or 'linear_sgd'")
+    out["test/eval_seconds"] = time.perf_counter() - t0
+    return out
 
 
 def format_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
@@ -54,6 +62,8 @@ def format_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
     rows += [(k, f"{v:.4g}") for k, v in metrics.items() if k not in METRIC_KEYS]
     w = max(len(k) for k, _ in rows)
     v = max(len(x) for _, x in rows)
+    if title and len(title) > w + v + 3:
+        w = len(title) - v - 3
     line = f"+-{'-' * w}-+-{'-' * v}-+"
     out = [line]
     if title:
