@@ -106,13 +106,26 @@ class SynthesisConfig:
 
 @dataclass
 class RationaleConfig:
+    """LCR (SPEC §2; ``fgssl/fgvr/rationale.py``)."""
+
     #: ``none`` or ``lcr``.
     name: str = "none"
+    #: Weight of the fit loss ``L_fit`` (LCR code: 0.01; 0 trains the branch's BN stats only).
     weight: float = 0.01
+    #: K, the number of 1x1 projections of the branch (LCR code: 32).
     projections: int = 32
+    #: ``clean`` (default: whole-map softmax at ``temperature``, detached max-normalised
+    #: target, batchmean, per-image min-max) or ``faithful`` (the MoCo v2 code exactly).
     mode: str = "clean"
+    #: Softmax temperature of clean mode (LCR BYOL path: 0.4); faithful ignores it.
     temperature: float = 0.4
+    #: Views whose maps are fitted: ``auto`` (faithful: the first, as the code's single
+    #: query; clean: both), ``first`` or ``both``.
+    views: str = "auto"
+    #: Image grid of input / Grad-CAM / attention every N epochs and at the last (0 = off).
     log_images_every_n_epochs: int = 5
+    #: Number of images (fixed test images) in that grid.
+    log_images_num: int = 8
 
 
 @dataclass
@@ -177,6 +190,17 @@ class EvalConfig:
 
 
 @dataclass
+class FiguresConfig:
+    #: More checkpoints shown beside ``ckpt`` in the Grad-CAM figure (e.g. +SYN, +LCR).
+    compare: List[str] = field(default_factory=list)
+    #: A multirun directory of an alpha sweep (experiment=syn_alpha_sweep) for Fig. 5.
+    sweep_dir: Optional[str] = None
+    #: Where the PNGs go; default ``<run dir>/figures`` (or the sweep dir).
+    out_dir: Optional[str] = None
+    num_images: int = 8
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -186,6 +210,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
     seed: int = 0
     #: Free-form run name (shown in wandb and the metrics table).
     name: str = "${method.name}-${data.name}"
@@ -205,7 +230,7 @@ def run_slug(overrides: str) -> str:
     """
     if not overrides:
         return "default"
-    slug = "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in overrides)
+    slug = "".join(c if c.isalnum() or c in ".-_" else "_" for c in overrides)
     if len(slug) > 100:
         slug = slug[:80] + "-" + hashlib.sha1(overrides.encode()).hexdigest()[:10]
     return slug

@@ -1,0 +1,1 @@
+"""Lightning callbacks: what is not a loss (schedules, warm starts, image grids, guards)."""
