@@ -29,10 +29,25 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
+import torch
 
 from conftest import write_image
 
 Samples = List[Tuple[str, int]]
+
+
+def one_torch_thread():
+    """Generator for a module-scoped fixture: run torch on one thread, then restore.
+
+    The networks in these tests are tiny (batch 16 at 32 px); on a 2-core machine shared
+    with other processes, two intra-op threads are up to 10x slower than one.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

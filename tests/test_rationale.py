@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg, make_imagefolder
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import compose_cfg, make_imagefolder
 from fgssl.fgvr.gradcam import gradcam_map
 from fgssl.fgvr.rationale import RationaleRegularizer, attention_pool, rationale_target
 from fgssl.losses.rationale_fit import minmax_per_image
@@ -113,8 +114,10 @@ def test_fit_matches_hand_written_reference(mode):
     # same gradients into the encoder map (through the branch and, in faithful mode, the target)
     loss.backward()
     ref.backward()
-    torch.testing.assert_close(A_ours.grad, A_ref.grad, rtol=1e-4, atol=1e-8)
-    torch.testing.assert_close(reg.branch.proj.weight.grad[:, :, 0, 0], W_ref.grad, rtol=1e-4, atol=1e-8)
+    assert A_ref.grad.abs().max() > 1e-3
+    tol = dict(rtol=1e-4, atol=1e-5 * float(A_ref.grad.abs().max()))
+    torch.testing.assert_close(A_ours.grad, A_ref.grad, **tol)
+    torch.testing.assert_close(reg.branch.proj.weight.grad[:, :, 0, 0], W_ref.grad, rtol=1e-4, atol=1e-7)
 
     # the test-time feature (eval-mode BN would use running stats: compare in train mode on purpose)
     with torch.no_grad():
@@ -157,7 +160,8 @@ def test_target_is_standard_gradcam_tiny_net():
 
 
 def test_target_from_the_base_step_is_standard_gradcam():
-    cfg = compose_cfg(["method=simsiam", "rationale=lcr", "data.image_size=64"])
+    cfg = compose_cfg(["method=simsiam", "rationale=lcr", "data.image_size=64", "method.proj_dim=512",
+                       "method.proj_hidden=512", "method.pred_hidden=128"])
     from fgssl.methods import build_method
 
     torch.manual_seed(0)
@@ -201,11 +205,14 @@ def test_weight_zero_equals_base(name):
     from fgssl.methods import build_method
 
     common = [f"method={name}", "method.queue_size=64", "data.image_size=64"]
+    if name == "simsiam":  # smaller heads: the equivalence does not depend on their width
+        common += ["method.proj_dim=512", "method.proj_hidden=512", "method.pred_hidden=128"]
     torch.manual_seed(0)
     base = build_method(compose_cfg(common)).train()
     torch.manual_seed(0)
     lcr = build_method(compose_cfg(common + ["rationale=lcr", "rationale.weight=0"])).train()
-    missing, unexpected = lcr.load_state_dict(base.state_dict(), strict=False)
+    state = copy.deepcopy(base.state_dict())  # queue, EMA encoder and BN stats move with each step
+    missing, unexpected = lcr.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("regularizers.") for k in missing)
     torch.manual_seed(1)
     x1, x2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
@@ -215,11 +222,9 @@ def test_weight_zero_equals_base(name):
     assert g0.keys() == g1.keys() and len(g0) > 0
     for k in g0:
         torch.testing.assert_close(g0[k], g1[k], rtol=0, atol=0)
-    # and with a weight the encoder gradients do change
-    with open_dict(lcr.cfg):
-        pass
+    # control: with a weight, the loss and the encoder gradients do change
+    lcr.load_state_dict(state, strict=False)
     lcr.regularizers[0].weight = 1.0
-    lcr.load_state_dict(base.state_dict(), strict=False)
     l2, g2 = _one_step(lcr, x1, x2)
     assert l2 > l0 and any(not torch.equal(g0[k], g2[k]) for k in g0)
 
@@ -227,13 +232,14 @@ def test_weight_zero_equals_base(name):
 # ---------------------------------------------------------------------- end-to-end runs
 @pytest.fixture(scope="module")
 def tiny_ds(tmp_path_factory):
-    return make_imagefolder(tmp_path_factory.mktemp("lcrds") / "ds", classes=3, per_class=11, test_per_class=4)
+    return make_imagefolder(tmp_path_factory.mktemp("lcrds") / "ds", classes=3, per_class=3, test_per_class=2)
 
 
 def _train(tiny_ds, out: Path, *extra):
     from fgssl.run import train
 
     cfg = compose_cfg(["debug=smoke", "data=imagefolder", f"data.root={tiny_ds}", "data.image_size=64",
+                       "data.batch_size=8", "eval.linear_wd_grid=[0.0]", "eval.linear_max_iter=10",
                        "rationale=lcr", "rationale.log_images_every_n_epochs=1", "rationale.log_images_num=3",
                        "trainer.enable_progress_bar=false", *extra], out)
     metrics = train(cfg)
@@ -257,13 +263,14 @@ def test_smoke_mocov2_lcr(mocov2_lcr_run):
 
 
 def test_smoke_simsiam_lcr_faithful(tiny_ds, tmp_path):
-    _train(tiny_ds, tmp_path / "run", "method=simsiam", "rationale.mode=faithful", "rationale.projections=8")
+    _train(tiny_ds, tmp_path / "run", "method=simsiam", "rationale.mode=faithful", "rationale.projections=8",
+           "eval.knn_every_n_epochs=0")
 
 
 @pytest.mark.skipif(not HAS_SYN, reason="fgssl.fgvr.synthesis (SYN) is not in the tree yet")
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_smoke_syn_and_lcr(tiny_ds, tmp_path, name):
-    _train(tiny_ds, tmp_path / "run", f"method={name}", "synthesis=syn")
+    _train(tiny_ds, tmp_path / "run", f"method={name}", "synthesis=syn", "eval.knn_every_n_epochs=0")
 
 
 def test_eval_feature_gap_differs_from_auto(mocov2_lcr_run, tmp_path):

@@ -61,14 +61,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-#: Variant name -> (label, Hydra overrides). SYN's warm-up and ramp are set to 0 so
-#: that it runs at full cost from the first step.
+#: SYN at full cost from the first step (no nu warm-up or ramp); its statistics are
+#: warm-started from one batch instead of a whole epoch (that pass is not timed anyway).
+_SYN = ["synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0", "synthesis.warm_start_batches=1"]
+#: Variant name -> (label, Hydra overrides).
 VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "base": ("base", []),
-    "syn": ("+SYN", ["synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0"]),
+    "syn": ("+SYN", _SYN),
     "lcr": ("+LCR", ["rationale=lcr"]),
-    "both": ("+SYN+LCR", ["synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0",
-                          "rationale=lcr"]),
+    "both": ("+SYN+LCR", _SYN + ["rationale=lcr"]),
 }
 METHODS = ("mocov2", "simsiam")
 #: Targets from the issues (step time and peak memory relative to the base method).
@@ -310,8 +311,16 @@ def _quiet():
 
 
 def time_training(cfg, loader, steps: int, warmup: int, device: str, meter: MemoryMeter,
-                  use_compile: bool = False, root_dir: Optional[str] = None) -> Dict[str, Any]:
+                  use_compile: bool = False) -> Dict[str, Any]:
     """Build the method from ``cfg`` and time ``steps`` training steps after ``warmup``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fgssl-bench-") as root_dir:  # whatever callbacks write
+        return _time_training(cfg, loader, steps, warmup, device, meter, use_compile, root_dir)
+
+
+def _time_training(cfg, loader, steps: int, warmup: int, device: str, meter: MemoryMeter,
+                   use_compile: bool, root_dir: str) -> Dict[str, Any]:
     import pytorch_lightning as pl
     import torch
 
@@ -330,9 +339,11 @@ def time_training(cfg, loader, steps: int, warmup: int, device: str, meter: Memo
     with _quiet():
         trainer = pl.Trainer(
             accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=cfg.trainer.precision,
-            max_steps=warmup + steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+            # One epoch of warmup + steps batches. (Not max_steps: under manual optimisation
+            # Lightning counts every optimizer.step(), and SYN's decoder has its own optimizer.)
+            max_epochs=1, limit_train_batches=warmup + steps, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-            limit_val_batches=0, callbacks=callbacks, default_root_dir=root_dir or os.getcwd(),
+            limit_val_batches=0, callbacks=callbacks, default_root_dir=root_dir,
             deterministic=False,
         )
         trainer.fit(method, train_dataloaders=loader)
@@ -342,20 +353,15 @@ def time_training(cfg, loader, steps: int, warmup: int, device: str, meter: Memo
     peak = timer.peak
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     del trainer, method, timer, callbacks
-    gc.collect()
-    ms = statistics.median(total) * 1e3
-    batch = int(cfg.data.batch_size)
     return {
-        "ms_per_step": ms,
-        "ms_mean": statistics.fmean(total) * 1e3,
-        "ms_std": (statistics.stdev(total) * 1e3) if len(total) > 1 else 0.0,
-        "ms_compute": statistics.median(compute) * 1e3,
-        "images_per_s": batch / (ms / 1e3),
+        "ms_per_step": statistics.median(total) * 1e3,
         "peak_mem_mb": None if peak is None else max(0, peak - base_mem) / MiB,
         "mem_kind": meter.kind,
         "trainable_params_m": params / 1e6,
         "compiled_backbones": n_compiled,
         "step_ms": [t * 1e3 for t in total],
+        "compute_ms": [t * 1e3 for t in compute],
+        "batch": int(cfg.data.batch_size),
     }
 
 
@@ -452,14 +458,14 @@ def format_report(records: List[Dict[str, Any]]) -> str:
             f"{env.get('batch')}, precision {env.get('precision')}, channels_last "
             f"{'on' if env.get('channels_last') else 'off'}, compile {'on' if env.get('compile') else 'off'}; "
             f"{env.get('steps')} timed steps after {env.get('warmup')} warm-up"
+            + (f", x{env['rounds']} rounds (alternating, pooled)" if env.get("rounds", 1) > 1 else "")
         )
         out.append(f"memory: {env.get('mem_kind')}")
     steps = [r for r in records if r["kind"] == "step"]
-    ratios = {(r["method"], r["variant"]): r for r in records if r["kind"] == "ratio"}
     if steps:
         rows = []
         for r in steps:
-            q = ratios.get((r["method"], r["variant"])) if r["data"] == "synthetic" else None
+            q = r if r.get("time_ratio") is not None else None
             tgt = "" if q is None else "/".join(f"{k}<={v}" for k, v in q.get("targets", {}).items())
             rows.append([
                 r["method"], VARIANTS.get(r["variant"], (r["variant"],))[0], r["data"],
@@ -519,12 +525,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile every backbone's feature_map")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every backbone's feature_map (use --warmup 3 or more: compiling happens there)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every method/variant this many times, alternating, and pool the steps (steadier ratios)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every run (repeatable), e.g. --set data=cub --set data.root=DIR")
     p.add_argument("--workers", type=int, default=None, help="data.num_workers (default: the config's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's own; 1 is steadier on a busy shared CPU)")
+    p.add_argument("--no-prime", action="store_true",
+                   help="skip the untimed priming run that pays one-time library start-up before the first variant")
     p.add_argument("--no-real", action="store_true", help="skip the real-data step")
     p.add_argument("--no-loader", action="store_true", help="skip the loader-alone measurement")
     p.add_argument("--loader-batches", type=int, default=None, help="timed loader batches (default 15 CPU, 50 CUDA)")
@@ -560,8 +573,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.loader_batches = a.loader_batches or (50 if gpu else 15)
     a.retrieval_n = a.retrieval_n or (10000 if gpu else 4000)
     a.retrieval_d = a.retrieval_d or (2048 if gpu else 512)
-    if a.steps < 1 or a.warmup < 0 or a.batch < 2 or a.image_size < 8:
-        p.error("need --steps >= 1, --warmup >= 0, --batch >= 2, --image-size >= 8")
+    if a.steps < 1 or a.warmup < 0 or a.batch < 2 or a.image_size < 8 or a.rounds < 1:
+        p.error("need --steps >= 1, --warmup >= 0, --batch >= 2, --image-size >= 8, --rounds >= 1")
     a.precision = PRECISIONS[a.precision]
     return a
 
@@ -606,7 +619,7 @@ def _is_missing_component(e: BaseException) -> bool:
 
 
 def run(a: argparse.Namespace, emit: Callable[[Dict[str, Any]], None]) -> List[Dict[str, Any]]:
-    import pytorch_lightning as pl
+    """Run every measurement ``a`` asks for; each record goes to ``emit`` as soon as it is made."""
     import torch
 
     records: List[Dict[str, Any]] = []
@@ -616,11 +629,31 @@ def run(a: argparse.Namespace, emit: Callable[[Dict[str, Any]], None]) -> List[D
         emit(rec)
 
     conf = conf_dir(a.conf)
+    threads, matmul_precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.set_float32_matmul_precision("high")
-    meter = MemoryMeter(a.device)
+    # Objects alive now (imported modules) are never garbage: keep them out of the
+    # collections that precede each memory baseline, which are then much faster.
+    gc.collect()
+    gc.freeze()
+    try:
+        return _run(a, put, records, conf, meter=MemoryMeter(a.device))
+    finally:  # leave the process as it was (the tests call this in-process)
+        gc.unfreeze()
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def _run(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], records: List[Dict[str, Any]],
+         conf: Path, meter: MemoryMeter) -> List[Dict[str, Any]]:
+    import pytorch_lightning as pl
+    import torch
+
     common = {"device": a.device, "backbone": a.backbone, "image_size": a.image_size, "batch": a.batch,
               "precision": a.precision, "channels_last": a.channels_last, "compile": a.compile}
     put({"kind": "env", **common, "device_name": _device_name(a.device), "steps": a.steps, "warmup": a.warmup,
+         "rounds": a.rounds,
          "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
          "lightning": pl.__version__, "python": platform.python_version(), "mem_kind": meter.kind,
          "overrides": list(a.overrides), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -640,62 +673,106 @@ def run(a: argparse.Namespace, emit: Callable[[Dict[str, Any]], None]) -> List[D
             dm_setup_s[cache] = time.perf_counter() - t0
         return dms[cache]
 
-    # ---------------------------------------------------------------- training steps
-    for method in a.methods:
-        ms_base: Optional[float] = None
-        mem_base: Optional[float] = None
-        for variant in a.variants:
-            label, vov = VARIANTS[variant]
-            ov = base_overrides(a, method) + vov
-            head = {"method": method, "variant": variant}
-            try:
-                cfg = _compose_variant(ov, vov, conf)
-                if num_train is None:
-                    num_train = _num_train(cfg)
-                _resolve_queue(cfg, num_train)
-                loader = SyntheticBatches(a.batch, a.image_size, a.warmup + a.steps, torch.device(a.device))
-                res = time_training(cfg, loader, a.steps, a.warmup, a.device, meter, a.compile)
-            except Skip as e:
-                put({"kind": "skip", **head, "reason": str(e)})
-                continue
-            except Exception as e:  # noqa: BLE001 - report and go on with the other variants
-                if _is_missing_component(e):
-                    put({"kind": "skip", **head, "reason": f"component not available yet: {_error_reason(e)}"})
-                else:
-                    put({"kind": "error", **head, "reason": _error_reason(e)})
-                    traceback.print_exc(file=sys.stderr)
-                continue
-            put({"kind": "step", **head, "data": "synthetic", **common, "steps": a.steps, "warmup": a.warmup,
-                 "overrides": vov, **res})
-            if variant == "base":
-                ms_base, mem_base = res["ms_per_step"], res["peak_mem_mb"]
-            elif ms_base is not None:
-                mem = res["peak_mem_mb"]
-                put({"kind": "ratio", **head, "of": f"{variant}/base", "time_ratio": res["ms_per_step"] / ms_base,
-                     "mem_ratio": (mem / mem_base) if mem is not None and mem_base else None,
-                     "targets": TARGETS.get(variant, {})})
+    # ---------------------------------------------------------------- priming
+    # One untimed short run first, so that one-time costs (lazy library start-up,
+    # kernel selection, allocator pools) are not charged to whichever variant runs first.
+    if a.methods and a.variants and not a.no_prime:
+        try:
+            cfg = compose(base_overrides(a, a.methods[0]), conf)
+            num_train = _num_train(cfg)
+            _resolve_queue(cfg, num_train)
+            n = 2 if a.warmup > 0 else 1
+            time_training(cfg, SyntheticBatches(a.batch, a.image_size, n, torch.device(a.device)), 1, n - 1,
+                          a.device, meter, a.compile)
+        except Exception as e:  # noqa: BLE001 - the timed runs will report it
+            print(f"fgssl.bench: priming run failed ({_error_reason(e)})", file=sys.stderr)
 
-            # ------------------------------------------------------------ real data (base only)
-            if variant == "base" and not a.no_real:
+    # ---------------------------------------------------------------- training steps
+    # Every (method, variant) once per round; with --rounds > 1 the variants alternate,
+    # so a load that drifts during the run weighs on all of them alike. The step times
+    # of all rounds are pooled before the medians and the ratios are taken.
+    runs: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    cfgs: Dict[Tuple[str, str], Any] = {}
+    dead: set = set()
+    variants = list(dict.fromkeys(a.variants))  # each once per round
+    for rnd in range(a.rounds):
+        for method in a.methods:
+            for variant in variants:
+                if (method, variant) in dead:
+                    continue
+                vov = VARIANTS[variant][1]
+                head = {"method": method, "variant": variant}
                 try:
-                    dm = datamodule(cfg, bool(cfg.data.cache))
-                    with contextlib.suppress(Exception):
-                        _resolve_queue(cfg, dm.num_train)
-                    loader = dm.train_dataloader()
-                    if len(loader) < a.warmup + a.steps:
-                        raise RuntimeError(f"the train loader has {len(loader)} batches < warm-up + steps")
-                    real = time_training(cfg, loader, a.steps, a.warmup, a.device, meter, a.compile)
-                    del loader
-                except Exception as e:  # noqa: BLE001
-                    put({"kind": "error", **head, "part": "real-data step", "reason": _error_reason(e)})
-                    traceback.print_exc(file=sys.stderr)
-                else:
-                    put({"kind": "step", **head, "data": str(cfg.data.name), "cache": bool(cfg.data.cache),
-                         "workers": int(cfg.data.num_workers), **common, "steps": a.steps, "warmup": a.warmup,
-                         "overrides": vov, **real})
-                    put({"kind": "real_vs_synthetic", "method": method, "data": str(cfg.data.name),
-                         "ms_real": real["ms_per_step"], "ms_synthetic": res["ms_per_step"],
-                         "ratio": real["ms_per_step"] / res["ms_per_step"]})
+                    if (method, variant) not in cfgs:
+                        cfg = _compose_variant(base_overrides(a, method) + vov, vov, conf)
+                        if num_train is None:
+                            num_train = _num_train(cfg)
+                        _resolve_queue(cfg, num_train)
+                        cfgs[(method, variant)] = cfg
+                    cfg = cfgs[(method, variant)]
+                    loader = SyntheticBatches(a.batch, a.image_size, a.warmup + a.steps, torch.device(a.device))
+                    res = time_training(cfg, loader, a.steps, a.warmup, a.device, meter, a.compile)
+                except Skip as e:
+                    dead.add((method, variant))
+                    put({"kind": "skip", **head, "reason": str(e)})
+                    continue
+                except Exception as e:  # noqa: BLE001 - report and go on with the other variants
+                    dead.add((method, variant))
+                    if _is_missing_component(e):
+                        put({"kind": "skip", **head, "reason": f"component not available yet: {_error_reason(e)}"})
+                    else:
+                        put({"kind": "error", **head, "reason": _error_reason(e)})
+                        traceback.print_exc(file=sys.stderr)
+                    continue
+                runs.setdefault((method, variant, "synthetic"), []).append(res)
+                _progress(a, rnd, method, variant, "synthetic", res)
+
+                if variant == "base" and not a.no_real and (method, "real") not in dead:
+                    try:
+                        dm = datamodule(cfg, bool(cfg.data.cache))
+                        loader = dm.train_dataloader()
+                        if len(loader) < a.warmup + a.steps:
+                            raise RuntimeError(f"the train loader has {len(loader)} batches < warm-up + steps")
+                        real = time_training(cfg, loader, a.steps, a.warmup, a.device, meter, a.compile)
+                        del loader
+                    except Exception as e:  # noqa: BLE001
+                        dead.add((method, "real"))
+                        put({"kind": "error", **head, "part": "real-data step", "reason": _error_reason(e)})
+                        traceback.print_exc(file=sys.stderr)
+                    else:
+                        runs.setdefault((method, variant, "real"), []).append(real)
+                        _progress(a, rnd, method, variant, str(cfg.data.name), real)
+
+    for method in a.methods:
+        base = runs.get((method, "base", "synthetic"))
+        agg_base = _pool(base) if base else None
+        for variant in variants:
+            rs = runs.get((method, variant, "synthetic"))
+            if not rs:
+                continue
+            vov = VARIANTS[variant][1]
+            head = {"method": method, "variant": variant}
+            agg = _pool(rs)
+            ratio = None
+            if variant != "base" and agg_base is not None:
+                mem, mem_b = agg["peak_mem_mb"], agg_base["peak_mem_mb"]
+                ratio = {"time_ratio": agg["ms_per_step"] / agg_base["ms_per_step"],
+                         "mem_ratio": (mem / mem_b) if mem is not None and mem_b else None,
+                         "targets": TARGETS.get(variant, {})}
+            put({"kind": "step", **head, "data": "synthetic", **common, "steps": a.steps, "warmup": a.warmup,
+                 "rounds": len(rs), "overrides": vov, **agg, **(ratio or {})})
+            if ratio:
+                put({"kind": "ratio", **head, "of": f"{variant}/base", **ratio})
+            real = runs.get((method, variant, "real"))
+            if real and agg_base is not None:
+                cfg = cfgs[(method, variant)]
+                agg_real = _pool(real)
+                put({"kind": "step", **head, "data": str(cfg.data.name), "cache": bool(cfg.data.cache),
+                     "workers": int(cfg.data.num_workers), **common, "steps": a.steps, "warmup": a.warmup,
+                     "rounds": len(real), "overrides": vov, **agg_real})
+                put({"kind": "real_vs_synthetic", "method": method, "data": str(cfg.data.name),
+                     "ms_real": agg_real["ms_per_step"], "ms_synthetic": agg_base["ms_per_step"],
+                     "ratio": agg_real["ms_per_step"] / agg_base["ms_per_step"]})
 
     # ---------------------------------------------------------------- loader alone
     if not a.no_loader:
@@ -730,6 +807,32 @@ def run(a: argparse.Namespace, emit: Callable[[Dict[str, Any]], None]) -> List[D
         else:
             put({"kind": "retrieval", "device": a.device, **res})
     return records
+
+
+def _pool(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One record from the runs of several rounds: the step times pooled, the median peak memory."""
+    steps = [t for r in results for t in r["step_ms"]]
+    comp = [t for r in results for t in r["compute_ms"]]
+    mems = [r["peak_mem_mb"] for r in results if r["peak_mem_mb"] is not None]
+    ms = statistics.median(steps)
+    out = dict(results[0])
+    out.update({
+        "ms_per_step": ms, "ms_mean": statistics.fmean(steps),
+        "ms_std": statistics.stdev(steps) if len(steps) > 1 else 0.0,
+        "ms_compute": statistics.median(comp), "images_per_s": out["batch"] / (ms / 1e3),
+        "peak_mem_mb": statistics.median(mems) if mems else None,
+        "step_ms": steps, "round_ms": [r["ms_per_step"] for r in results],
+    })
+    out.pop("compute_ms", None)
+    out.pop("batch", None)
+    return out
+
+
+def _progress(a: argparse.Namespace, rnd: int, method: str, variant: str, data: str, res: Dict[str, Any]) -> None:
+    rounds = f"round {rnd + 1}/{a.rounds} " if a.rounds > 1 else ""
+    mem = "" if res["peak_mem_mb"] is None else f", peak {res['peak_mem_mb']:.0f} MB"
+    print(f"fgssl.bench: {rounds}{method} {VARIANTS[variant][0]} {data}: {res['ms_per_step']:.1f} ms/step{mem}",
+          file=sys.stderr, flush=True)
 
 
 def _json_safe(rec: Dict[str, Any]) -> Dict[str, Any]:

@@ -83,25 +83,67 @@ class MethodConfig:
 
 @dataclass
 class SynthesisConfig:
+    """SYN (Wang et al., ECCV 2024; SPEC section 1). Equations: ``fgssl/fgvr/synthesis.py``."""
+
     #: ``none`` or ``syn``.
     name: str = "none"
+    #: Weight of the reconstruction loss L_R in ``L = L_C + alpha L_R + nu L_Cp``.
     alpha: float = 0.05
+    #: Final weight of L_Cp (the SSL loss on the synthesized pair), reached after warm-up + ramp.
     nu: float = 1.0
+    #: Fraction rho of the C dimensions perturbed per sample (k = round(rho C)).
     ratio: float = 0.5
+    #: Which dimensions are non-discriminative: ``both`` (rank average of variance and Grad-CAM),
+    #: ``variance``, ``gradcam``, ``union``, ``intersection``, ``random`` (control), ``top`` (sanity check).
     criterion: str = "both"
+    #: Grad-CAM importance: ``abs`` (|dL/dz| z), ``grad_only`` (|dL/dz|), ``signed`` (dL/dz z).
     gradcam_variant: str = "abs"
+    #: How selected dims change: ``shuffle`` (in-batch permutation), ``gauss``, ``zero``, ``mean``.
     perturbation: str = "shuffle"
+    #: beta of ``gauss``: z + beta * sigma_j * eps, sigma_j the running std of dim j, clamped >= 0.
     gauss_beta: float = 1.0
+    #: ``synthetic``: (g(sg z), g(sg z~)); ``real``: (x, g(sg z~)).
     pair: str = "synthetic"
+    #: Resolution at which the pair is encoded: ``input`` (upsampled, SPEC) or ``decoder`` (4x cheaper).
+    pair_size: str = "input"
+    #: Fraction of the batch (first samples of view 1) that forms synthesized pairs. 0.25 keeps a SYN step
+    #: within 1.5x of the base step (L_Cp costs about one base step per unit of fraction); 1.0 = every sample.
+    pair_fraction: float = 0.25
+    #: Probability of the random horizontal flip applied to each image of the pair (the only augmentation).
+    pair_hflip: float = 0.5
+    #: Decoder output side in px; null = half the input size (112 at 224).
     decoder_size: Optional[int] = None
-    decoder_width: int = 256
+    #: Channels of the decoder's first map; halved at every 2x up-block (256 for a roomier decoder).
+    decoder_width: int = 128
+    #: Lower bound of the decoder's channel count.
+    decoder_min_width: int = 16
+    #: Decoder normalisation: ``group`` (per sample: g(z_i) ignores the rest of the batch), ``batch``, ``none``.
+    decoder_norm: str = "group"
+    #: Resize-conv upsampling mode: ``nearest`` or ``bilinear`` (never transposed convs).
+    decoder_upsample: str = "nearest"
+    #: Adam lr of the decoder (its own optimizer; author's prototype: 1e-4).
     decoder_lr: float = 1e-4
+    #: Keep the decoder lr constant (true) or follow the method's warm-up + cosine schedule.
+    decoder_fixed_lr: bool = True
+    #: Views reconstructed by L_R: ``first`` (the view the pairs come from; one decoder pass over N)
+    #: or ``both`` (one pass over 2N, twice the decoder cost).
+    recon_views: str = "first"
+    #: L_R also trains the encoder (false: z is detached before the decoder).
     recon_trains_encoder: bool = True
+    #: nu = 0 for this many epochs (the decoder learns first; no pair is built meanwhile).
     warmup_epochs: int = 10
+    #: Then nu ramps linearly (per step) from 0 to ``nu`` over this many epochs.
     ramp_epochs: int = 5
+    #: EMA momentum m of the per-dimension mean/variance of z (updated from step 0).
     stats_momentum: float = 0.99
+    #: Initialise the statistics with one no-grad pass over the training views at fit start.
     warm_start: bool = True
+    #: Cap on the batches of that pass (null = the whole epoch the trainer sees).
+    warm_start_batches: Optional[int] = None
+    #: Save (and log to wandb) an image grid of (x, g(z), g(z~)) every N epochs and at the last epoch (0 = off).
     log_images_every_n_epochs: int = 5
+    #: Number of samples in that grid.
+    log_images_n: int = 8
 
 
 @dataclass

@@ -92,12 +92,18 @@ def finish_logger(logger) -> None:
 def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callback]) -> pl.Trainer:
     t, e = cfg.trainer, cfg.eval
     every = e.knn_every_n_epochs
+    sync_bn = bool(t.sync_batchnorm)
+    if sync_bn and (t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())):
+        # torch's SyncBatchNorm only runs on GPUs: CPU (gloo) DDP keeps per-process BN statistics.
+        print("fgssl: trainer.sync_batchnorm is ignored on CPU (SyncBatchNorm needs GPUs); "
+              "each process uses its own BatchNorm statistics", file=sys.stderr)
+        sync_bn = False
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}",
                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
                                         every_n_epochs=1)
     kw = dict(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=t.sync_batchnorm,
+        precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=sync_bn,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
         callbacks=[ckpt, CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],

@@ -110,6 +110,10 @@ class RationaleRegularizer(Regularizer):
         self.log_every = int(cfg.get("log_images_every_n_epochs", 0) or 0)
         self.log_num = int(cfg.get("log_images_num", 8) or 8)
         self.branch = RationaleBranch(int(method.feat_dim), int(cfg.projections))
+        if self.weight == 0.0:
+            # L_fit is the branch's only gradient, so with weight 0 it would never move; freezing it
+            # is equivalent and keeps DDP from waiting for gradients that never come.
+            self.branch.requires_grad_(False)
 
     # ------------------------------------------------------------------ pieces
     def attention(self, A: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""SYN reconstruction loss (Wang et al., ECCV 2024, Sec. 3; the ``L_R`` of ``L = L_C + a L_R + v L_Cp``).
+"""SYN reconstruction loss: the ``L_R`` of ``L = L_C + alpha L_R + nu L_Cp`` (Wang et al., ECCV 2024, Fig. 1a).
 
     L_R = MSE( g(z), x_down ) = mean_{n,c,u,v} ( g(z)_{n,c,u,v} - x_down_{n,c,u,v} )^2
 

@@ -1,4 +1,4 @@
-"""SYN decoder ``g``: a pooled feature vector ``z`` -> an image (Wang et al., ECCV 2024, Sec. 3, Fig. 1a).
+"""SYN decoder ``g``: a pooled feature vector ``z`` -> an image (Wang et al., ECCV 2024, Fig. 1a).
 
 The paper only says that a decoder turns the original and the perturbed feature
 vectors into images. Our design (SPEC section 1, item 5):
@@ -86,7 +86,7 @@ class UpBlock(nn.Module):
 class Decoder(nn.Module):
     """``g: R^C -> R^{3 x size x size}`` (see module docstring)."""
 
-    def __init__(self, in_dim: int, size: int, width: int = 256, min_width: int = 32, norm: str = "group",
+    def __init__(self, in_dim: int, size: int, width: int = 128, min_width: int = 16, norm: str = "group",
                  upsample: str = "nearest"):
         super().__init__()
         if upsample not in ("nearest", "bilinear"):

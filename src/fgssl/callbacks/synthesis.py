@@ -1,0 +1,156 @@
+"""SYN callback: the nu schedule, the warm start of the dimension statistics, image grids.
+
+What SYN does outside its loss (``fgssl/fgvr/synthesis.py`` holds the equations):
+
+* **nu schedule.** Before every training step it sets ``reg.nu_now`` to
+  ``nu_schedule(nu, warmup_epochs, ramp_epochs, epoch, (batch_idx + 1) / batches)``:
+  0 during the warm-up epochs, then a per-step linear ramp to ``nu``.
+* **Warm start.** At ``on_train_start`` (after the dataloaders exist and a
+  checkpoint, if any, was restored) it runs one no-grad pass over the *training
+  views* -- the same two augmented views whose statistics the EMA tracks during
+  training -- with the encoder in train mode (batch statistics, as in a training
+  step) and sets the running mean/variance to the exact moments of that pass,
+  all-reduced across DDP ranks. The BatchNorm running statistics touched by the
+  pass are restored afterwards, so the pass leaves no trace but the SYN statistics.
+  The pass is as long as one training epoch (``limit_train_batches`` applies), capped
+  by ``synthesis.warm_start_batches``. It is skipped when the statistics are already
+  initialised (a resumed run restores them from the checkpoint) or when
+  ``synthesis.warm_start=false`` (the first training batch then initialises them).
+* **Image grid** (paper Fig. 4). Every ``log_images_every_n_epochs`` epochs and
+  after the last one, a fixed set of test images (the same every time) ``x``, their
+  reconstructions ``g(z)`` and the decoded perturbed vectors ``g(z~)`` (upsampled to
+  the input size) are written as a 3-row PNG to
+  ``<run_dir>/figures/syn_pairs_epochXXX.png`` (run dir = ``trainer.default_root_dir``,
+  XXX = Lightning's 0-based epoch) and logged to wandb under ``syn/pairs`` when a
+  WandbLogger is attached. The model is put in eval mode for it
+  (:meth:`SynthesisRegularizer.synthesize`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def save_pairs_grid(x: Tensor, rec: Tensor, pert: Tensor, path: Path) -> Path:
+    """3 x N PNG grid: rows x, g(z), g(z~), all de-normalised to [0, 1] at the size of ``x``."""
+    from torchvision.utils import make_grid, save_image
+
+    from fgssl.data.transforms import denormalize
+
+    size = x.shape[-2:]
+    rows = [x.float().cpu()]
+    for r in (rec, pert):
+        rows.append(F.interpolate(r.float().cpu(), size=size, mode="bilinear", align_corners=False))
+    imgs = torch.cat([torch.stack([denormalize(im) for im in row]) for row in rows])
+    grid = make_grid(imgs, nrow=x.shape[0], padding=2, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, str(path))
+    return path
+
+
+class SynthesisCallback(pl.Callback):
+    def __init__(self, reg):
+        super().__init__()
+        self.reg = reg
+        self._x: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ nu
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from fgssl.fgvr.synthesis import nu_schedule
+
+        c = self.reg.cfg
+        nb = trainer.num_training_batches
+        frac = (batch_idx + 1) / nb if isinstance(nb, int) and nb > 0 else 1.0
+        self.reg.nu_now = nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, trainer.current_epoch, frac)
+
+    # ------------------------------------------------------------------ warm start
+    def on_train_start(self, trainer, pl_module) -> None:
+        c = self.reg.cfg
+        if not c.warm_start or self.reg.stats.initialised:
+            return
+        loader = trainer.train_dataloader
+        if loader is None:
+            return
+        limit = trainer.num_training_batches
+        limit = limit if isinstance(limit, int) or (isinstance(limit, float) and math.isfinite(limit)) else None
+        if c.warm_start_batches:
+            limit = min(int(c.warm_start_batches), limit) if limit is not None else int(c.warm_start_batches)
+        self.warm_start(pl_module, loader, limit, trainer.precision_plugin.forward_context())
+
+    @torch.no_grad()
+    def warm_start(self, method, loader, max_batches: Optional[int] = None, context=None) -> int:
+        """Set the statistics from one pass over ``loader`` (batches ``((x1, x2), y)``); returns #batches."""
+        from contextlib import nullcontext
+
+        stats = self.reg.stats
+        bn_state = {k: v.clone() for k, v in method.backbone.named_buffers()}
+        was_training = method.training
+        method.train()
+        acc = None
+        n = 0
+        try:
+            with context if context is not None else nullcontext():
+                for i, batch in enumerate(loader):
+                    if max_batches is not None and i >= int(max_batches):
+                        break
+                    views = batch[0]
+                    for v in views:
+                        _, z = method.encode(v.to(method.device, non_blocking=True))
+                        m = stats.local_moments(z.float())
+                        acc = m if acc is None else acc + m
+                    n += 1
+        finally:
+            for k, v in method.backbone.named_buffers():
+                v.copy_(bn_state[k])
+            method.train(was_training)
+        if acc is None:  # every rank must take part in the all-reduce
+            acc = torch.zeros(2 * stats.mean.numel() + 1, dtype=torch.float64, device=stats.mean.device)
+        stats.set_from_moments(acc.to(stats.mean.device))
+        return n
+
+    # ------------------------------------------------------------------ image grid
+    def _fixed_batch(self, trainer) -> Optional[Tensor]:
+        if self._x is None:
+            dm = getattr(trainer, "datamodule", None)
+            ds = getattr(dm, "test_set", None) or getattr(dm, "memory_set", None)
+            if ds is None or len(ds) == 0:
+                return None
+            k = max(2, min(int(self.reg.cfg.log_images_n), len(ds)))
+            idx = torch.linspace(0, len(ds) - 1, k).round().long().tolist()
+            self._x = torch.stack([ds[i][0] for i in idx])
+        return self._x
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        every = int(self.reg.cfg.log_images_every_n_epochs)
+        if every <= 0 or not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
+        if not ((epoch + 1) % every == 0 or last):
+            return
+        try:
+            x = self._fixed_batch(trainer)
+            if x is None:
+                return
+            x = x.to(pl_module.device)
+            rec, pert = self.reg.synthesize(pl_module, x)
+            path = Path(trainer.default_root_dir) / "figures" / f"syn_pairs_epoch{epoch:03d}.png"
+            save_pairs_grid(x, rec, pert, path)
+        except Exception as e:  # noqa: BLE001 - a figure must never stop training
+            warnings.warn(f"SYN: could not write the image grid: {type(e).__name__}: {e}", stacklevel=1)
+            return
+        for lg in trainer.loggers:
+            if isinstance(lg, pl.loggers.WandbLogger):
+                try:
+                    lg.log_image(key="syn/pairs", images=[str(path)], caption=[f"epoch {epoch}: x / g(z) / g(z~)"],
+                                 step=trainer.global_step)
+                except Exception as e:  # noqa: BLE001
+                    warnings.warn(f"SYN: could not log {path.name} to wandb: {e}", stacklevel=1)

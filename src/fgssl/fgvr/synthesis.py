@@ -1,0 +1,490 @@
+"""SYN: learning from synthesized pairs of perturbed latent vectors.
+
+Z. Wang, L. Liu, S. R. Figueroa Weston, S. Tian, P. Li, "On Learning Discriminative
+Features from Synthesized Data for Self-Supervised Fine-Grained Visual Recognition",
+ECCV 2024 (arXiv 2407.14676). No code was released; everything the paper leaves
+open follows ``SPEC.md`` section 1, and each such choice is a config switch
+(``conf/synthesis/syn.yaml``, ``fgssl.config.SynthesisConfig``).
+
+Every SYN equation lives in this file (the decoder architecture is in
+``fgssl/nets/decoder.py``, ``L_R`` in ``fgssl/losses/reconstruction.py``, the ν
+schedule is driven by ``fgssl/callbacks/synthesis.py``).
+
+Total loss (paper, Sec. 3 / Fig. 1a)::
+
+    L = L_C + alpha * L_R + nu * L_Cp
+
+* ``L_C``   the base method's SSL loss on the two augmented views (computed by the base);
+* ``L_R``   ``MSE(g(z), x_down)`` for the decoder ``g`` (reconstruction.py);
+* ``L_Cp``  the base method's own SSL loss (``method.ssl_loss``) on the synthesized pair.
+
+One training step, given ``z1, z2`` of the two views (``StepState``):
+
+1. **Dimension statistics** (paper, method section and Fig. 2: a low-variance
+   dimension does not separate the data). Per dimension ``j``, over both views and every DDP rank::
+
+       mu_b_j  = mean_i z_ij             s2_b_j = mean_i z_ij^2 - mu_b_j^2
+       mu_j   <- m mu_j + (1 - m) mu_b_j  s2_j  <- m s2_j + (1 - m) s2_b_j    (m = 0.99)
+
+   (``s2`` is thus the EMA of the within-batch variance.) The sums are all-reduced
+   with ``torch.distributed`` when it is initialised, so every rank holds the same
+   statistics, equal to the single-process statistics of the global batch. The
+   first update of an uninitialised module copies the batch moments (no bias
+   towards the initial values); the callback normally warm-starts them with the
+   exact moments of one pass over the training set. They are buffers, hence in
+   every checkpoint.
+2. **Grad-CAM criterion** (paper, method section: "Grad-CAM induced from the SSL loss").
+   With a GAP head channel ``j`` of ``A`` is dimension ``j`` of ``z`` and the
+   Grad-CAM weight is ``(1/hw) dL_C/dz_j``; the per-sample importance is::
+
+       s_ij = |dL_C/dz_ij| * z_ij          (variants: grad_only |dL_C/dz_ij|, signed dL_C/dz_ij * z_ij)
+
+   ``dL_C/dz = sum_hw dL_C/dA`` comes from the gradient the base computes once per
+   step (``fgvr/gradcam.py``), detached and in fp32.
+3. **Selection** of ``k = round(rho * C)`` dimensions per sample (low = non-discriminative).
+   With ``r^var_j`` the rank of ``s2_j`` among the C dimensions and ``r^cam_ij`` the
+   rank of ``s_ij`` within sample ``i`` (0 = lowest)::
+
+       variance      : bottom-k of r^var_j                        (same set for every sample)
+       gradcam       : bottom-k of r^cam_ij
+       both (default): bottom-k of (r^var_j + r^cam_ij) / 2
+       top           : top-k of (r^var_j + r^cam_ij) / 2          (= complement of bottom-(C-k))
+       random        : k dimensions drawn uniformly per sample     (control)
+       union         : bottom-k(var) OR  bottom-k(cam)  -> fraction in [rho, min(1, 2 rho)]
+       intersection  : bottom-k(var) AND bottom-k(cam)  -> fraction in [max(0, 2 rho - 1), rho]
+
+   Ties are broken by dimension index (stable sort), so ``top`` is exactly the
+   complement of the bottom ``C - k``. The rank-based criteria select exactly ``k``
+   dimensions; union/intersection select what the two sets give, and the
+   fraction actually selected is logged (``train/syn_selected_frac``).
+4. **Perturbation** of the selected dimensions (``M_ij = 1``), ``z~ = M * p(z) + (1 - M) * z``::
+
+       shuffle (default): p(z)_ij = z_pi(i),j, pi a random permutation of the batch
+                          without fixed points (one random cycle), same pi for every j
+       gauss            : p(z)_ij = max(0, z_ij + beta * sigma_j * eps_ij),  sigma_j = sqrt(s2_j),
+                          eps ~ N(0, 1)
+       zero             : p(z)_ij = 0
+       mean             : p(z)_ij = mu_j
+
+5. **Pair and L_Cp** (paper Fig. 1a and Fig. 4): ``x^ = g(sg z)``, ``x^' = g(sg z~)``
+   for the first ``m = round(pair_fraction * N)`` samples of the first view
+   (default 0.25, see the cost note below); with ``pair=real`` the pair is
+   ``(x, x^')``. Both images are resized to the input size
+   (``pair_size=input``, default; ``decoder`` keeps the decoder size, 4x cheaper to
+   encode), flipped horizontally at random (p = 0.5, independently; no other
+   augmentation), and::
+
+       L_Cp = method.ssl_loss(x^, x^')
+
+   The decoder receives no gradient from ``L_Cp``: ``g(sg z)`` is the detached
+   output of the ``L_R`` pass (the same values: with GroupNorm the decoder treats
+   each vector on its own), and ``g(sg z~)`` is decoded under ``no_grad``. ``L_Cp`` trains the
+   encoder (and the method's heads) only. For MoCo ``ssl_loss`` uses the queue as
+   negatives and never enqueues.
+6. **Schedule**: ``nu(t) = 0`` for ``t < warmup_epochs``, then a linear ramp to ``nu``
+   over ``ramp_epochs`` (updated per step by the callback, see :func:`nu_schedule`).
+   While ``nu(t) = 0`` no pair is built at all (the step then costs the base step
+   plus one decoder pass).
+
+Cost per step. The base does 2 online encoder passes (forward + backward), plus 2
+key passes for MoCo v2. SYN adds one decoder forward+backward over the ``L_R`` views
+(``recon_views=first``: N vectors), one decoder forward without grad for the ``m``
+vectors ``z~`` and ``ssl_loss`` on the pair -- the method's full objective again, at
+``pair_size``, on ``m`` images, i.e. about ``pair_fraction`` base steps. Measured on
+CPU (ResNet-18, 64 px, batch 32, one thread): ``pair_fraction=1`` and
+``recon_views=both`` cost 2.2x the base step for both methods; the defaults
+(``pair_fraction=0.25``, ``recon_views=first``, decoder width 128) cost 1.37x
+(MoCo v2) and 1.45x (SimSiam); during the warm-up (nu = 0) a step costs ~1.1x.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fgssl.fgvr.gradcam import channel_importance
+from fgssl.losses.reconstruction import reconstruction_loss, resize_to
+from fgssl.methods.base import Regularizer, StepState
+from fgssl.nets.decoder import Decoder
+
+CRITERIA = ("variance", "gradcam", "both", "union", "intersection", "random", "top")
+#: Criteria that read the Grad-CAM importance (the base then computes dL_C/dA).
+CAM_CRITERIA = ("gradcam", "both", "union", "intersection", "top")
+PERTURBATIONS = ("shuffle", "gauss", "zero", "mean")
+PAIRS = ("synthetic", "real")
+PAIR_SIZES = ("input", "decoder")
+RECON_VIEWS = ("both", "first")
+
+
+# ----------------------------------------------------------------------------- schedule
+def nu_schedule(nu: float, warmup_epochs: float, ramp_epochs: float, epoch: int, frac: float = 1.0) -> float:
+    """``nu(t)``: 0 before ``warmup_epochs``, then linear to ``nu`` over ``ramp_epochs``.
+
+    ``t = epoch + frac`` is the training progress *at the end* of the current step
+    (``frac = (batch_idx + 1) / batches_per_epoch``), so the first step after the
+    warm-up already has a small positive weight and the ramp reaches ``nu`` exactly
+    at the end of epoch ``warmup + ramp - 1``.
+    """
+    if epoch < warmup_epochs:
+        return 0.0
+    if ramp_epochs <= 0:
+        return float(nu)
+    t = (epoch - warmup_epochs) + frac
+    return float(nu) * min(1.0, max(0.0, t / ramp_epochs))
+
+
+# ----------------------------------------------------------------------------- statistics
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class DimensionStats(nn.Module):
+    """Running per-dimension mean and variance of ``z`` (item 1 of the module docstring).
+
+    Buffers: ``mean`` (C), ``var`` (C), ``num_updates`` (0 = not initialised).
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.99):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"synthesis.stats_momentum={momentum} must be in [0, 1)")
+        self.momentum = float(momentum)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def initialised(self) -> bool:
+        return int(self.num_updates) > 0
+
+    @staticmethod
+    def local_moments(z: Tensor) -> Tensor:
+        """``[sum_i z_i, sum_i z_i^2, n]`` in fp64, packed in one (2C + 1) vector."""
+        z = z.detach().double()
+        n = torch.full((1,), float(z.shape[0]), dtype=torch.float64, device=z.device)
+        return torch.cat([z.sum(0), z.square().sum(0), n])
+
+    @staticmethod
+    def moments_to_mean_var(m: Tensor) -> Tuple[Tensor, Tensor]:
+        c = (m.numel() - 1) // 2
+        n = m[-1].clamp_min(1.0)
+        mean = m[:c] / n
+        var = (m[c:2 * c] / n - mean.square()).clamp_min(0.0)
+        return mean, var
+
+    @torch.no_grad()
+    def global_moments(self, z: Tensor) -> Tuple[Tensor, Tensor]:
+        """Mean and (population) variance of ``z`` over the global batch (all ranks)."""
+        return self.moments_to_mean_var(_all_reduce_sum(self.local_moments(z)))
+
+    @torch.no_grad()
+    def update(self, z: Tensor) -> None:
+        """One EMA step with the global batch moments of ``z`` (N, C)."""
+        mean, var = self.global_moments(z)
+        # keep = m, or 0 on the first update (copy the batch moments); no host-device sync.
+        keep = (self.num_updates > 0).to(self.mean.dtype) * self.momentum
+        self.mean.mul_(keep).add_((1.0 - keep) * mean.to(self.mean.dtype))
+        self.var.mul_(keep).add_((1.0 - keep) * var.to(self.var.dtype))
+        self.num_updates.add_(1)
+
+    @torch.no_grad()
+    def set_from_moments(self, local: Tensor) -> None:
+        """Set the statistics exactly from accumulated :meth:`local_moments` (all-reduced here)."""
+        mean, var = self.moments_to_mean_var(_all_reduce_sum(local.clone()))
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.var.copy_(var.to(self.var.dtype))
+        self.num_updates.add_(1)
+
+
+# ----------------------------------------------------------------------------- selection
+def ranks(score: Tensor, dim: int = -1) -> Tensor:
+    """Rank of every entry along ``dim`` (0 = lowest; ties broken by index), as float."""
+    order = torch.argsort(score, dim=dim, stable=True)
+    r = torch.empty_like(order)
+    r.scatter_(dim, order, torch.arange(score.shape[dim], device=score.device).expand_as(order))
+    return r.to(torch.float32)
+
+
+def bottom_k_mask(score: Tensor, k: int, largest: bool = False) -> Tensor:
+    """Boolean (N, C) mask of the ``k`` lowest (or highest) entries of each row (stable order)."""
+    n, c = score.shape
+    mask = torch.zeros(n, c, dtype=torch.bool, device=score.device)
+    if k <= 0:
+        return mask
+    order = torch.argsort(score, dim=1, stable=True)
+    idx = order[:, c - k:] if largest else order[:, :k]
+    return mask.scatter_(1, idx, True)
+
+
+def num_selected(ratio: float, dim: int) -> int:
+    """``k = round(rho * C)``."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"synthesis.ratio={ratio} must be in [0, 1]")
+    return int(round(ratio * dim))
+
+
+def select_dims(criterion: str, ratio: float, var: Tensor, cam: Optional[Tensor], n: int,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """The (n, C) mask of dimensions to perturb (item 3 of the module docstring).
+
+    ``var``: running variance (C,); ``cam``: Grad-CAM importance (n, C), needed by
+    the criteria in :data:`CAM_CRITERIA`.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"synthesis.criterion={criterion!r} must be one of {CRITERIA}")
+    c = var.shape[0]
+    k = num_selected(ratio, c)
+    if criterion == "random":
+        return bottom_k_mask(torch.rand(n, c, device=var.device, generator=generator), k)
+    r_var = ranks(var.float()).unsqueeze(0).expand(n, c)
+    if criterion == "variance":
+        return bottom_k_mask(r_var, k)
+    if cam is None:
+        raise RuntimeError(f"synthesis.criterion={criterion!r} needs the Grad-CAM gradient (grad_A is None)")
+    r_cam = ranks(cam.float(), dim=1)
+    if criterion == "gradcam":
+        return bottom_k_mask(r_cam, k)
+    if criterion == "both":
+        return bottom_k_mask(0.5 * (r_var + r_cam), k)
+    if criterion == "top":
+        return bottom_k_mask(0.5 * (r_var + r_cam), k, largest=True)
+    a, b = bottom_k_mask(r_var, k), bottom_k_mask(r_cam, k)
+    return a | b if criterion == "union" else a & b
+
+
+def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over rows of the Spearman rank correlation between ``a`` and ``b`` (n, C).
+
+    ``rho = 1 - 6 sum_j d_j^2 / (C (C^2 - 1))`` with ``d`` the rank differences.
+    """
+    c = a.shape[-1]
+    if c < 2:
+        return torch.zeros((), device=a.device)
+    d = ranks(a.float(), dim=-1) - ranks(b.float(), dim=-1)
+    return (1.0 - 6.0 * d.double().square().sum(-1) / (c * (c * c - 1.0))).mean().float()
+
+
+# ----------------------------------------------------------------------------- perturbation
+def derangement(n: int, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """A random permutation of ``range(n)`` with no fixed point (one random cycle); identity for n < 2."""
+    if n < 2:
+        return torch.arange(n, device=device)
+    p = torch.randperm(n, device=device, generator=generator)
+    perm = torch.empty_like(p)
+    perm[p] = p.roll(-1)
+    return perm
+
+
+def perturb(z: Tensor, mask: Tensor, kind: str, mean: Optional[Tensor] = None, var: Optional[Tensor] = None,
+            beta: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``z~ = where(mask, p(z), z)`` (item 4 of the module docstring); ``z`` is treated as a constant."""
+    z = z.detach()
+    if kind == "shuffle":
+        src = z[derangement(z.shape[0], z.device, generator)]
+    elif kind == "gauss":
+        if var is None:
+            raise ValueError("perturbation=gauss needs the running variance")
+        eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+        src = (z + beta * var.to(z.dtype).sqrt() * eps).clamp_min(0.0)
+    elif kind == "zero":
+        src = torch.zeros_like(z)
+    elif kind == "mean":
+        if mean is None:
+            raise ValueError("perturbation=mean needs the running mean")
+        src = mean.to(z.dtype).unsqueeze(0).expand_as(z)
+    else:
+        raise ValueError(f"synthesis.perturbation={kind!r} must be one of {PERTURBATIONS}")
+    return torch.where(mask, src, z)
+
+
+def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
+    """Flip each image of the batch horizontally with probability ``p`` (independently)."""
+    if p <= 0:
+        return x
+    flip = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+# ----------------------------------------------------------------------------- regularizer
+class SynthesisRegularizer(Regularizer):
+    """SYN as a method-agnostic regularizer: decoder, statistics, selection, ``L_R``, ``L_Cp``.
+
+    ``loss_terms`` returns ``{"L_R": (alpha, L_R)}`` plus ``{"L_Cp": (nu(t), L_Cp)}``
+    whenever ``nu(t) > 0``; the base adds and logs them. It also logs (through
+    ``method.log`` when a trainer is attached; always kept in ``last_logs``):
+    ``train/syn_nu``, ``train/syn_selected_frac`` (mean fraction of dimensions
+    perturbed), ``train/syn_rank_corr`` (mean per-sample Spearman correlation between
+    the variance and the Grad-CAM criteria) and ``train/syn_overlap`` (the fraction of
+    the bottom-k variance set also in the bottom-k Grad-CAM set). The last two need
+    the Grad-CAM gradient, i.e. a criterion from :data:`CAM_CRITERIA`.
+    """
+
+    def __init__(self, cfg, method):
+        super().__init__()
+        self.cfg = cfg
+        for key, allowed in (("criterion", CRITERIA), ("perturbation", PERTURBATIONS), ("pair", PAIRS),
+                             ("pair_size", PAIR_SIZES), ("recon_views", RECON_VIEWS)):
+            if cfg[key] not in allowed:
+                raise ValueError(f"synthesis.{key}={cfg[key]!r} must be one of {allowed}")
+        num_selected(cfg.ratio, method.feat_dim)
+        if not 0.0 < cfg.pair_fraction <= 1.0:
+            raise ValueError(f"synthesis.pair_fraction={cfg.pair_fraction} must be in (0, 1]")
+        self.input_size = int(method.cfg.data.image_size)
+        self.decoder_size = int(cfg.decoder_size or max(4, self.input_size // 2))
+        self.decoder = Decoder(method.feat_dim, self.decoder_size, width=cfg.decoder_width,
+                               min_width=cfg.decoder_min_width, norm=cfg.decoder_norm,
+                               upsample=cfg.decoder_upsample)
+        if float(cfg.alpha) == 0.0:
+            # Only L_R trains the decoder: with alpha = 0 it is a fixed random network. Freezing it says so,
+            # and keeps DDP (find_unused_parameters=False) from waiting for gradients that never come.
+            self.decoder.requires_grad_(False)
+        self.stats = DimensionStats(method.feat_dim, cfg.stats_momentum)
+        #: Current nu, set per step by SynthesisCallback (None: use the schedule at the step's epoch).
+        self.nu_now: Optional[float] = None
+        self.last_logs: Dict[str, Tensor] = {}
+        self._epoch = 0
+        self._warned_cam = False
+
+    # -------------------------------------------------------------- contract
+    def current_nu(self, epoch: Optional[int] = None) -> float:
+        if self.nu_now is not None:
+            return float(self.nu_now)
+        c = self.cfg
+        return nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, self._epoch if epoch is None else epoch, 1.0)
+
+    @property
+    def needs_gradcam(self) -> bool:  # type: ignore[override]
+        """The base computes dL_C/dA when the criterion reads Grad-CAM (``CAM_CRITERIA``)."""
+        return self.cfg.criterion in CAM_CRITERIA
+
+    def param_groups(self, method) -> List[dict]:
+        """The decoder in its own Adam group (lr ``decoder_lr``, no weight decay)."""
+        return [{"name": "decoder", "params": [p for p in self.decoder.parameters() if p.requires_grad],
+                 "optimizer": "adam", "lr": float(self.cfg.decoder_lr), "weight_decay": 0.0,
+                 "fixed_lr": bool(self.cfg.decoder_fixed_lr)}]
+
+    def callbacks(self):
+        from fgssl.callbacks.synthesis import SynthesisCallback
+
+        return [SynthesisCallback(self)]
+
+    # -------------------------------------------------------------- pieces
+    def selection(self, z: Tensor, grad_a: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Mask (N, C) of the dimensions of ``z`` to perturb, and the selection diagnostics."""
+        c = self.cfg
+        cam = channel_importance(z.detach().float(), grad_a, c.gradcam_variant) if grad_a is not None else None
+        crit = c.criterion
+        if cam is None and crit in CAM_CRITERIA:
+            if not self._warned_cam:
+                warnings.warn("SYN: no Grad-CAM gradient on this step; the variance criterion is used instead",
+                              stacklevel=2)
+                self._warned_cam = True
+            crit = "variance"
+        mask = select_dims(crit, c.ratio, self.stats.var, cam, z.shape[0])
+        logs = {"syn_selected_frac": mask.float().mean()}
+        if cam is not None:
+            var_row = self.stats.var.float().unsqueeze(0).expand_as(cam)
+            logs["syn_rank_corr"] = spearman_rows(var_row, cam)
+            k = num_selected(c.ratio, z.shape[1])
+            if k > 0:
+                both = bottom_k_mask(ranks(var_row, 1), k) & bottom_k_mask(ranks(cam.float(), 1), k)
+                logs["syn_overlap"] = both.float().sum(1).mean() / k
+        return mask, logs
+
+    def perturbed(self, z: Tensor, mask: Tensor) -> Tensor:
+        return perturb(z, mask, self.cfg.perturbation, self.stats.mean, self.stats.var, self.cfg.gauss_beta)
+
+    def _to_pair_size(self, x: Tensor) -> Tensor:
+        size = self.input_size if self.cfg.pair_size == "input" else self.decoder_size
+        if x.shape[-1] == size and x.shape[-2] == size:
+            return x
+        return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+
+    # -------------------------------------------------------------- step
+    def loss_terms(self, method, state: StepState) -> Dict[str, Tuple[float, Tensor]]:
+        c = self.cfg
+        self._epoch = state.epoch
+        x1, x2 = state.x
+        z1, z2 = state.z
+        n = z1.shape[0]
+        self.stats.update(torch.cat([z1, z2]))
+
+        # L_R: one decoder pass over the reconstructed views.
+        if c.recon_views == "both":
+            z_rec, x_rec = torch.cat([z1, z2]), torch.cat([x1, x2])
+        else:
+            z_rec, x_rec = z1, x1
+        if not c.recon_trains_encoder:
+            z_rec = z_rec.detach()
+        x_small = resize_to(x_rec, self.decoder_size)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and float(c.alpha) != 0.0):
+            rec = self.decoder(z_rec)
+            loss_r = reconstruction_loss(rec, x_small)
+        terms: Dict[str, Tuple[float, Tensor]] = {"L_R": (float(c.alpha), loss_r)}
+
+        # Selection diagnostics every step (cheap); the pair only while nu > 0.
+        grad_a = state.grad_A[0] if state.grad_A is not None else None
+        mask, logs = self.selection(z1, grad_a)
+        nu = self.current_nu(state.epoch)
+        logs["syn_nu"] = torch.tensor(nu, device=z1.device)
+        if nu > 0:
+            m = min(n, max(2, int(round(c.pair_fraction * n))))
+            z_tilde = self.perturbed(z1, mask)[:m]  # shuffle draws from the whole batch
+            with torch.no_grad():
+                x_hat2 = self.decoder(z_tilde)  # g(sg z~)
+            if c.pair == "synthetic":
+                first = rec[:m].detach()  # g(sg z1): the L_R output, the decoder being per-sample
+            else:
+                first = x1[:m] if c.pair_size == "input" else x_small[:m]
+            a = random_hflip(self._to_pair_size(first).to(x1.dtype), c.pair_hflip)
+            b = random_hflip(self._to_pair_size(x_hat2).to(x1.dtype), c.pair_hflip)
+            terms["L_Cp"] = (nu, method.ssl_loss(a, b))
+
+        self.last_logs = {k: v.detach() for k, v in logs.items()}
+        if getattr(method, "_trainer", None) is not None:
+            method.log_dict({f"train/{k}": v for k, v in self.last_logs.items()}, on_step=True, on_epoch=False)
+        return terms
+
+    # -------------------------------------------------------------- figures
+    def synthesize(self, method, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(g(z), g(z~))`` at the decoder size for images ``x``, with the model in eval mode.
+
+        Used by the image-grid callback and ``figures.py`` (Fig. 4 of the paper). The
+        Grad-CAM criterion reads the method's loss on the pair ``(x, hflip(x))``; no
+        parameter, BatchNorm statistic, queue or running statistic is changed. The
+        shuffle perturbation permutes within ``x``.
+        """
+        was_training = method.training
+        method.eval()
+        try:
+            grad_a = None
+            with torch.enable_grad():
+                a1, z1 = method.encode(x)
+                if self.needs_gradcam:
+                    x2 = torch.flip(x, dims=[3])
+                    _, z2 = method.encode(x2)
+                    loss = method._fp32(method.ssl_forward, x, x2, z1, z2).loss
+                    (grad_a,) = torch.autograd.grad(loss.float(), [a1], allow_unused=True)
+                    grad_a = torch.zeros_like(a1) if grad_a is None else grad_a.float()
+            with torch.no_grad():
+                z1 = z1.detach().float()
+                mask, _ = self.selection(z1, grad_a)
+                rec = self.decoder(z1).float()
+                pert = self.decoder(self.perturbed(z1, mask)).float()
+        finally:
+            method.train(was_training)
+        return rec, pert
+
+
+__all__ = [
+    "SynthesisRegularizer", "DimensionStats", "nu_schedule", "select_dims", "perturb", "ranks",
+    "bottom_k_mask", "spearman_rows", "derangement", "random_hflip", "num_selected", "CRITERIA",
+    "CAM_CRITERIA", "PERTURBATIONS",
+]

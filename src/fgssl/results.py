@@ -1,0 +1,344 @@
+"""``python -m fgssl.results DIR``: a Hydra multirun directory as a results table.
+
+Every job directory under DIR (one holding ``.hydra/overrides.yaml`` or
+``metrics.json``) is read: its overrides (``.hydra/overrides.yaml``), its seed
+(``checkpoints/config.yaml``, else ``.hydra/config.yaml``, else the ``seed=``
+override) and its ``metrics.json``. Jobs whose overrides are equal once
+``seed`` (and any ``--ignore`` key) is removed form one *configuration*; each
+numeric metric is reported as mean ± sample standard deviation (ddof=1) over
+the configuration's jobs, one row per configuration.
+
+The rows are labelled by the overrides that differ between configurations;
+the overrides shared by all jobs are printed above the table. Jobs without a
+readable ``metrics.json`` (failed, killed, still running) are listed below it
+and left out of the statistics, and when DIR holds Hydra's ``multirun.yaml``,
+sweep points that have no job directory at all are listed as well.
+
+Writes ``DIR/results.md`` (the printed markdown) and ``DIR/results.csv`` (one
+row per configuration: one column per varying override, ``n``, ``seeds``, then
+``<metric>_mean`` and ``<metric>_std`` for every metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import itertools
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+#: The headline metrics, shown first and in this order.
+HEADLINE = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
+            "test/knn_top1")
+#: Bookkeeping numbers of metrics.json, shown last.
+TRAILING = ("epochs", "global_step")
+DEFAULT_IGNORE = ("seed",)
+
+
+@dataclass
+class Job:
+    path: Path
+    overrides: List[str]
+    seed: Optional[Any] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+@dataclass
+class Group:
+    key: Tuple[str, ...]
+    jobs: List[Job]
+
+    @property
+    def seeds(self) -> List[Any]:
+        return [j.seed for j in self.jobs]
+
+
+# ====================================================================== reading
+def _override_key(o: str) -> str:
+    """``+a.b=1`` / ``++a.b=1`` / ``~a.b`` -> ``a.b``."""
+    k = o.split("=", 1)[0]
+    return k.lstrip("+~")
+
+
+def _read_yaml(path: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _read_seed(job_dir: Path, overrides: List[str]) -> Optional[Any]:
+    for cand in (job_dir / "checkpoints" / "config.yaml", job_dir / ".hydra" / "config.yaml"):
+        if cand.is_file():
+            try:
+                cfg = _read_yaml(cand)
+            except Exception:  # noqa: BLE001 - fall back to the overrides
+                continue
+            if isinstance(cfg, dict) and "seed" in cfg:
+                return cfg["seed"]
+    for o in overrides:
+        if _override_key(o) == "seed" and "=" in o:
+            return o.split("=", 1)[1]
+    return None
+
+
+def _read_metrics(path: Path) -> Dict[str, float]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("metrics.json does not hold a JSON object")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # run_dir, ckpt paths, ...
+        out[k] = float(v)
+    if not out:
+        raise ValueError("metrics.json holds no numeric metric")
+    return out
+
+
+def find_job_dirs(root: Path) -> List[Path]:
+    """Directories under ``root`` that are Hydra jobs (``.hydra/overrides.yaml``) or hold ``metrics.json``."""
+    found = set()
+    for p in root.rglob("overrides.yaml"):
+        if p.parent.name == ".hydra":
+            found.add(p.parent.parent)
+    for p in root.rglob("metrics.json"):
+        found.add(p.parent)
+    # A job's own sub-folders (wandb, csv, ...) are not jobs; keep the outermost dirs.
+    dirs = sorted(found, key=lambda d: (len(d.parts), str(d)))
+    keep: List[Path] = []
+    for d in dirs:
+        if not any(k in d.parents for k in keep):
+            keep.append(d)
+    return sorted(keep, key=_job_sort_key)
+
+
+def _job_sort_key(d: Path):
+    head = d.name.split("_", 1)[0]
+    return (0, int(head), str(d)) if head.isdigit() else (1, 0, str(d))
+
+
+def read_job(d: Path) -> Job:
+    ov_file = d / ".hydra" / "overrides.yaml"
+    overrides: List[str] = []
+    err = None
+    if ov_file.is_file():
+        try:
+            raw = _read_yaml(ov_file) or []
+            overrides = [str(o) for o in raw]
+        except Exception as e:  # noqa: BLE001
+            err = f"unreadable .hydra/overrides.yaml ({type(e).__name__})"
+    job = Job(d, overrides, _read_seed(d, overrides), error=err)
+    mfile = d / "metrics.json"
+    if not mfile.is_file():
+        job.error = job.error or "no metrics.json (failed, killed or still running)"
+        return job
+    try:
+        job.metrics = _read_metrics(mfile)
+    except Exception as e:  # noqa: BLE001
+        job.error = f"unreadable metrics.json ({type(e).__name__}: {e})"
+    return job
+
+
+def config_key(overrides: Sequence[str], ignore: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(sorted(o for o in overrides if _override_key(o) not in set(ignore)))
+
+
+def group_jobs(jobs: Sequence[Job], ignore: Sequence[str] = DEFAULT_IGNORE) -> List[Group]:
+    """Jobs with metrics, grouped by their overrides minus ``ignore`` (first-seen order)."""
+    groups: Dict[Tuple[str, ...], Group] = {}
+    for j in jobs:
+        if j.error is None:
+            k = config_key(j.overrides, ignore)
+            groups.setdefault(k, Group(k, [])).jobs.append(j)
+    return list(groups.values())
+
+
+def expected_sweep(root: Path) -> Optional[List[List[str]]]:
+    """The override lists of every job of the sweep in ``root/multirun.yaml`` (basic sweeper), or None."""
+    f = root / "multirun.yaml"
+    if not f.is_file():
+        return None
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        cfg = _read_yaml(f)
+        hyd = cfg.get("hydra", {}) if isinstance(cfg, dict) else {}
+        task = list((hyd.get("overrides") or {}).get("task") or [])
+        params = (hyd.get("sweeper") or {}).get("params") or {}
+        task += [f"{k}={v}" for k, v in params.items()]
+        parsed = OverridesParser.create().parse_overrides(task)
+        axes = []
+        for o in parsed:  # as hydra's BasicSweeper builds each job's overrides
+            key = o.get_key_element()
+            if o.is_sweep_override():
+                axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            else:
+                axes.append([f"{key}={o.get_value_element_as_str()}"])
+        return [list(c) for c in itertools.product(*axes)]
+    except Exception:  # noqa: BLE001 - a sweeper we cannot expand: no missing-job check
+        return None
+
+
+def canonical(overrides: Sequence[str]) -> Tuple[str, ...]:
+    """Overrides in a normal form (``x=False`` and ``x=false`` compare equal), sorted."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        return tuple(sorted(f"{o.get_key_element()}={o.get_value_element_as_str()}" if o.value() is not None
+                            else o.input_line for o in parsed))
+    except Exception:  # noqa: BLE001
+        return tuple(sorted(overrides))
+
+
+# ====================================================================== statistics
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def metric_names(groups: Sequence[Group], patterns: Optional[Sequence[str]] = None) -> List[str]:
+    names = {k for g in groups for j in g.jobs for k in j.metrics}
+    if patterns:
+        names = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    head = [k for k in HEADLINE if k in names]
+    tail = [k for k in TRAILING if k in names]
+    rest = sorted(names - set(head) - set(tail), key=lambda k: ("/" not in k, k))
+    return head + rest + tail
+
+
+def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
+    """(override keys whose value differs between configurations, overrides shared by all)."""
+    if not groups:
+        return [], []
+    per = [dict((_override_key(o), o) for o in g.key) for g in groups]
+    keys: List[str] = []
+    for d in per:
+        keys += [k for k in d if k not in keys]
+    varying = [k for k in keys if len({d.get(k) for d in per}) > 1]
+    common = [per[0][k] for k in keys if k not in varying]
+    return varying, common
+
+
+def _label(group: Group, varying: Sequence[str]) -> str:
+    d = dict((_override_key(o), o) for o in group.key)
+    parts = [d[k] for k in varying if k in d]
+    return ", ".join(parts) if parts else ("(no overrides)" if not group.key else "(all jobs)")
+
+
+def _value(group: Group, key: str) -> str:
+    for o in group.key:
+        if _override_key(o) == key:
+            return o.split("=", 1)[1] if "=" in o else o
+    return ""
+
+
+# ====================================================================== output
+def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
+                 digits: int = 2) -> Dict[str, Any]:
+    """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``."""
+    jobs = [read_job(d) for d in find_job_dirs(root)]
+    failed = [j for j in jobs if j.error is not None]
+    groups = group_jobs(jobs, ignore)
+    names = metric_names(groups, patterns)
+    varying, common = varying_keys(groups)
+
+    missing: List[str] = []
+    expected = expected_sweep(root)
+    if expected is not None:
+        seen = {canonical(j.overrides) for j in jobs}
+        missing = [" ".join(ov) or "(no overrides)" for ov in expected if canonical(ov) not in seen]
+
+    md: List[str] = [f"# Results: {root}", ""]
+    ok = sum(len(g.jobs) for g in groups)
+    md.append(f"{ok} job(s) with metrics in {len(groups)} configuration(s); mean ± std over seeds "
+              f"(sample std, n-1); grouped by overrides without {', '.join(ignore)}.")
+    if common:
+        md.append(f"Common overrides: `{' '.join(common)}`")
+    md.append("")
+    csv_rows: List[Dict[str, Any]] = []
+    if groups:
+        header = ["configuration", "n", "seeds"] + names
+        md.append("| " + " | ".join(header) + " |")
+        md.append("|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|")
+        for g in groups:
+            cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds)]
+            row: Dict[str, Any] = {"configuration": _label(g, varying)}
+            for k in varying:
+                row[k] = _value(g, k)
+            row.update({"n": len(g.jobs), "seeds": " ".join(str(s) for s in g.seeds)})
+            for name in names:
+                vals = [j.metrics[name] for j in g.jobs if name in j.metrics]
+                m, s = mean_std(vals)
+                row[f"{name}_mean"], row[f"{name}_std"] = m, s
+                if m is None:
+                    cells.append("–")
+                    continue
+                txt = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+                if len(vals) != len(g.jobs):
+                    txt += f" (n={len(vals)})"
+                cells.append(txt)
+            md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            csv_rows.append(row)
+    else:
+        md.append("No job with a readable metrics.json.")
+    if failed or missing:
+        md += ["", f"## Missing or failed jobs ({len(failed) + len(missing)})", ""]
+        for j in failed:
+            rel = j.path.relative_to(root) if j.path != root else Path(".")
+            ov = " ".join(j.overrides)
+            md.append(f"- `{rel}`" + (f" (`{ov}`)" if ov else "") + f": {j.error}")
+        for ov in missing:
+            md.append(f"- `{ov}`: no job directory")
+    return {"markdown": "\n".join(md) + "\n", "csv_rows": csv_rows, "groups": groups, "failed": failed,
+            "missing": missing, "metrics": names, "varying": varying}
+
+
+def write_csv(rows: List[Dict[str, Any]], path: Path, varying: Sequence[str], names: Sequence[str]) -> None:
+    cols = ["configuration", *varying, "n", "seeds"] + [f"{n}_{s}" for n in names for s in ("mean", "std")]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fgssl.results", description=__doc__.split("\n\n")[0])
+    p.add_argument("dir", help="a Hydra multirun directory (e.g. multirun/2025-01-01/12-00-00)")
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                   help="also drop this override key when grouping (repeatable; seed is always dropped)")
+    p.add_argument("--metrics", action="append", default=None, metavar="GLOB",
+                   help="only the metrics matching this pattern (repeatable), e.g. 'test/retrieval_*'")
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--no-write", action="store_true", help="print only; do not write results.md/.csv")
+    a = p.parse_args(argv)
+    root = Path(a.dir).expanduser()
+    if not root.is_dir():
+        print(f"fgssl.results: {root} is not a directory", file=sys.stderr)
+        return 2
+    ignore = list(DEFAULT_IGNORE) + [k for k in a.ignore if k not in DEFAULT_IGNORE]
+    res = build_tables(root, ignore, a.metrics, a.digits)
+    if not res["groups"] and not res["failed"]:
+        print(f"fgssl.results: no job directory (with .hydra/overrides.yaml or metrics.json) under {root}",
+              file=sys.stderr)
+        return 2
+    print(res["markdown"], end="")
+    if not a.no_write:
+        (root / "results.md").write_text(res["markdown"])
+        write_csv(res["csv_rows"], root / "results.csv", res["varying"], res["metrics"])
+        print(f"\nwritten: {root / 'results.md'}, {root / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

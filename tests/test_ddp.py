@@ -1,0 +1,48 @@
+"""Two CPU processes (gloo) through the real entry point, for both methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from fgssl.eval.evaluate import METRIC_KEYS
+
+SMOKE_BATCH = 16  # conf/debug/smoke.yaml
+
+
+@pytest.mark.parametrize("method", ["mocov2", "simsiam"])
+def test_ddp_two_cpu_processes(method, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", "debug=smoke", f"method={method}", f"hydra.run.dir={run}",
+           "trainer.enable_progress_bar=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # 2 processes on 2 cores
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for k in METRIC_KEYS:
+        assert 0.0 <= metrics[k] <= 100.0, k
+    assert (run / "checkpoints" / "config.yaml").is_file()
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    if method == "mocov2":
+        # 2 smoke steps x 2 ranks x 16 keys: the keys of both ranks were all-gathered before enqueueing
+        # (without the all-gather the pointer would stand at 2 x 16)
+        assert int(state["queue_ptr"]) == 2 * 2 * SMOKE_BATCH
+        q = state["queue"]
+        assert torch.allclose(q[: 4 * SMOKE_BATCH].norm(dim=1), torch.ones(4 * SMOKE_BATCH), atol=1e-5)
+        rank0, rank1 = q[:SMOKE_BATCH], q[SMOKE_BATCH: 2 * SMOKE_BATCH]
+        assert not torch.allclose(rank0, rank1), "the two ranks enqueued different keys"
+    # the lr is scaled by the global batch (2 processes x 16); logged after the first of 2 cosine steps: x 0.5
+    import csv
+
+    with open(run / "csv" / "metrics.csv") as fh:
+        steps = [row for row in csv.DictReader(fh) if row.get("lr/backbone")]
+    lr = {"mocov2": 0.06, "simsiam": 0.05}[method]
+    assert float(steps[0]["lr/backbone"]) == pytest.approx(0.5 * lr * 2 * SMOKE_BATCH / 256)
+    assert (run / "train_ddp_process_1.log").exists(), "the second process ran in the same run directory"
