@@ -58,7 +58,8 @@ def make_imagefolder(root: Path, classes: int = 3, per_class: int = 6, test_per_
     for split, n in (("train", per_class), ("test", test_per_class)):
         for c in range(classes):
             for i in range(n):
-                write_image(root / split / f"class_{c}" / f"{i:03d}.jpg", size, seed=1000 * c + i + (split == "test") * 97)
+                seed = 1000 * c + i + (split == "test") * 97
+                write_image(root / split / f"class_{c}" / f"{i:03d}.jpg", size, seed=seed)
     return root
 
 

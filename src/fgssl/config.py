@@ -9,10 +9,9 @@ error that names ``rot`` instead of being silently ignored.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
-
-import hashlib
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf

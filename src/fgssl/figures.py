@@ -235,7 +235,7 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
         models = [(label_of(run_cfg), method)] + [(label_of(c), m) for m, _, c in map(load_model, f.compare)]
         x = fixed_batch(dm, f.num_images)
         figs["gradcam"] = fig_gradcam(models, x, device)
-        for name, m in models:
+        for _, m in models:
             pairs = fig_syn_pairs(m, x, device)
             if pairs is not None:
                 figs["syn_pairs"] = pairs
