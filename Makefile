@@ -33,7 +33,7 @@ figures: install
 	$(BIN)/python figures.py $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests train.py evaluate.py
+	$(BIN)/ruff check src tests train.py evaluate.py figures.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

@@ -122,3 +122,18 @@ def test_cli_unknown_key_exits_naming_it(script, tmp_path):
     assert "rot" in out
     assert "Traceback" not in out, out
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bad_component_values_raise_one_line_config_errors():
+    """A value outside the allowed set of a SYN/LCR/eval knob is an FgsslError naming the key."""
+    import pytest
+
+    from fgssl.errors import FgsslError
+    from fgssl.methods import build_method
+    from tests.conftest import compose_cfg as _compose
+
+    for overrides, key in ((["synthesis=syn", "synthesis.criterion=bogus"], "synthesis.criterion"),
+                           (["rationale=lcr", "rationale.mode=bogus"], "rationale.mode")):
+        cfg = _compose(["debug=smoke", "method=simsiam", *overrides])
+        with pytest.raises(FgsslError, match=key):
+            build_method(cfg)

@@ -17,3 +17,7 @@ class FgsslError(RuntimeError):
         if isinstance(message, str) and message.startswith("Caught FgsslError") and _WORKER_MARKER in message:
             message = message.rsplit(_WORKER_MARKER, 1)[1].strip()
         super().__init__(message, *args)
+
+
+class ConfigError(FgsslError, ValueError):
+    """A config value outside its allowed set or range; the message names the key."""

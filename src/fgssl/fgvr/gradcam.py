@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from fgssl.errors import ConfigError
+
 
 def gradcam_map(A: Tensor, grad_A: Tensor) -> Tensor:
     """``ReLU(sum_c A * dL/dA)``: (N, C, h, w) x2 -> (N, h, w)."""
@@ -37,4 +39,4 @@ def channel_importance(z: Tensor, grad_A: Tensor, variant: str = "abs") -> Tenso
         return gz.abs()
     if variant == "signed":
         return gz * z
-    raise ValueError(f"synthesis.gradcam_variant={variant!r} must be abs, grad_only or signed")
+    raise ConfigError(f"synthesis.gradcam_variant={variant!r} must be abs, grad_only or signed")

@@ -107,6 +107,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgssl.errors import ConfigError
 from fgssl.fgvr.gradcam import channel_importance
 from fgssl.losses.reconstruction import reconstruction_loss, resize_to
 from fgssl.methods.base import Regularizer, StepState
@@ -154,7 +155,7 @@ class DimensionStats(nn.Module):
     def __init__(self, dim: int, momentum: float = 0.99):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"synthesis.stats_momentum={momentum} must be in [0, 1)")
+            raise ConfigError(f"synthesis.stats_momentum={momentum} must be in [0, 1)")
         self.momentum = float(momentum)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("var", torch.ones(dim))
@@ -226,7 +227,7 @@ def bottom_k_mask(score: Tensor, k: int, largest: bool = False) -> Tensor:
 def num_selected(ratio: float, dim: int) -> int:
     """``k = round(rho * C)``."""
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"synthesis.ratio={ratio} must be in [0, 1]")
+        raise ConfigError(f"synthesis.ratio={ratio} must be in [0, 1]")
     return int(round(ratio * dim))
 
 
@@ -238,7 +239,7 @@ def select_dims(criterion: str, ratio: float, var: Tensor, cam: Optional[Tensor]
     the criteria in :data:`CAM_CRITERIA`.
     """
     if criterion not in CRITERIA:
-        raise ValueError(f"synthesis.criterion={criterion!r} must be one of {CRITERIA}")
+        raise ConfigError(f"synthesis.criterion={criterion!r} must be one of {CRITERIA}")
     c = var.shape[0]
     k = num_selected(ratio, c)
     if criterion == "random":
@@ -300,7 +301,7 @@ def perturb(z: Tensor, mask: Tensor, kind: str, mean: Optional[Tensor] = None, v
             raise ValueError("perturbation=mean needs the running mean")
         src = mean.to(z.dtype).unsqueeze(0).expand_as(z)
     else:
-        raise ValueError(f"synthesis.perturbation={kind!r} must be one of {PERTURBATIONS}")
+        raise ConfigError(f"synthesis.perturbation={kind!r} must be one of {PERTURBATIONS}")
     return torch.where(mask, src, z)
 
 
@@ -332,10 +333,10 @@ class SynthesisRegularizer(Regularizer):
         for key, allowed in (("criterion", CRITERIA), ("perturbation", PERTURBATIONS), ("pair", PAIRS),
                              ("pair_size", PAIR_SIZES), ("recon_views", RECON_VIEWS)):
             if cfg[key] not in allowed:
-                raise ValueError(f"synthesis.{key}={cfg[key]!r} must be one of {allowed}")
+                raise ConfigError(f"synthesis.{key}={cfg[key]!r} must be one of {allowed}")
         num_selected(cfg.ratio, method.feat_dim)
         if not 0.0 < cfg.pair_fraction <= 1.0:
-            raise ValueError(f"synthesis.pair_fraction={cfg.pair_fraction} must be in (0, 1]")
+            raise ConfigError(f"synthesis.pair_fraction={cfg.pair_fraction} must be in (0, 1]")
         self.input_size = int(method.cfg.data.image_size)
         self.decoder_size = int(cfg.decoder_size or max(4, self.input_size // 2))
         self.decoder = Decoder(method.feat_dim, self.decoder_size, width=cfg.decoder_width,

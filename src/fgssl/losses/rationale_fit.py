@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fgssl.errors import ConfigError
+
 #: The code's stabiliser in ``att = img / (1e-7 + max img)``.
 EPS = 1e-7
 #: A per-image range below this counts as a constant map (clean mode).
@@ -76,7 +78,7 @@ def normalise_attention(M: Tensor, mode: str) -> Tensor:
         return minmax_batch(M)
     if mode == "clean":
         return minmax_per_image(M)
-    raise ValueError(f"rationale.mode={mode!r} must be one of {MODES}")
+    raise ConfigError(f"rationale.mode={mode!r} must be one of {MODES}")
 
 
 @dataclass
@@ -102,7 +104,7 @@ def fit_faithful(att: Tensor, gradcam: Tensor) -> FitOutput:
 def fit_clean(att: Tensor, gradcam: Tensor, temperature: float = 0.4) -> FitOutput:
     """Whole-map softmaxes at temperature ``t``, detached max-normalised target, ``batchmean``."""
     if temperature <= 0:
-        raise ValueError(f"rationale.temperature={temperature} must be > 0")
+        raise ConfigError(f"rationale.temperature={temperature} must be > 0")
     target = gradcam.detach().flatten(1)
     target = target / (target.max(dim=1, keepdim=True).values + EPS)
     log_q = F.log_softmax(att.flatten(1) / temperature, dim=1)
@@ -119,7 +121,7 @@ def rationale_fit(att: Tensor, gradcam: Tensor, mode: str, temperature: float = 
         return fit_faithful(att, gradcam)
     if mode == "clean":
         return fit_clean(att, gradcam, temperature)
-    raise ValueError(f"rationale.mode={mode!r} must be one of {MODES}")
+    raise ConfigError(f"rationale.mode={mode!r} must be one of {MODES}")
 
 
 @torch.no_grad()

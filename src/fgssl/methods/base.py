@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from fgssl.errors import ConfigError
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.nets.backbones import build_backbone
 
@@ -149,7 +150,7 @@ class SSLMethod(pl.LightningModule):
                 if f is not None:
                     return F.normalize(f, dim=1)
         elif feature != "gap":
-            raise ValueError(f"eval.feature={feature!r} must be 'auto' or 'gap'")
+            raise ConfigError(f"eval.feature={feature!r} must be 'auto' or 'gap'")
         return F.normalize(z, dim=1)
 
     # ------------------------------------------------------------------ helpers

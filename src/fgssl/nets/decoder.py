@@ -37,6 +37,8 @@ from typing import Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgssl.errors import ConfigError
+
 
 def _norm(kind: str, ch: int) -> nn.Module:
     if kind == "group":
@@ -46,7 +48,7 @@ def _norm(kind: str, ch: int) -> nn.Module:
         return nn.BatchNorm2d(ch)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"synthesis.decoder_norm={kind!r} must be group, batch or none")
+    raise ConfigError(f"synthesis.decoder_norm={kind!r} must be group, batch or none")
 
 
 def decoder_plan(size: int) -> Tuple[int, int]:
@@ -90,7 +92,7 @@ class Decoder(nn.Module):
                  upsample: str = "nearest"):
         super().__init__()
         if upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"synthesis.decoder_upsample={upsample!r} must be nearest or bilinear")
+            raise ConfigError(f"synthesis.decoder_upsample={upsample!r} must be nearest or bilinear")
         self.size = int(size)
         self.s0, k = decoder_plan(self.size)
         self.width = int(width)

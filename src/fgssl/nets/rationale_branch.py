@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgssl.errors import ConfigError
+
 
 class RationaleBranch(nn.Module):
     """``Conv2d(C->K, 1x1, bias=False) -> BatchNorm2d(K) -> ReLU -> max over K``."""
@@ -24,7 +26,7 @@ class RationaleBranch(nn.Module):
     def __init__(self, in_channels: int, projections: int = 32):
         super().__init__()
         if projections < 1:
-            raise ValueError(f"rationale.projections={projections} must be >= 1")
+            raise ConfigError(f"rationale.projections={projections} must be >= 1")
         self.proj = nn.Conv2d(in_channels, projections, kernel_size=1, stride=1, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(projections)
 
