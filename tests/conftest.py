@@ -35,6 +35,23 @@ def compose_cfg(overrides: Optional[List[str]] = None, out_dir: Optional[Path] =
     return cfg
 
 
+def run_training_step(method, x1, x2):
+    """The method's real base ``training_step`` with Lightning's trainer plumbing stubbed out (lr 0).
+
+    Returns the loss and the gradients of the backbone parameters.
+    """
+    import torch
+
+    opt = torch.optim.SGD([{"name": "all", "params": [p for p in method.parameters() if p.requires_grad]}], lr=0.0)
+    method.optimizers = lambda: opt
+    method.lr_schedulers = lambda: None
+    method.manual_backward = lambda loss: loss.backward()
+    method.log_dict = lambda *a, **k: None
+    method.log = lambda *a, **k: None
+    loss = method.training_step(((x1, x2), None), 0)
+    return loss, {n: p.grad.clone() for n, p in method.backbone.named_parameters() if p.grad is not None}
+
+
 def write_image(path: Path, size=(40, 40), mode: str = "RGB", seed: int = 0) -> Path:
     """A small random-texture image; ``mode`` may be RGB, L, RGBA, CMYK, P."""
     rng = random.Random(seed)

@@ -128,9 +128,9 @@ def test_bad_component_values_raise_one_line_config_errors():
     """A value outside the allowed set of a SYN/LCR/eval knob is an FgsslError naming the key."""
     import pytest
 
+    from conftest import compose_cfg as _compose
     from fgssl.errors import FgsslError
     from fgssl.methods import build_method
-    from tests.conftest import compose_cfg as _compose
 
     for overrides, key in ((["synthesis=syn", "synthesis.criterion=bogus"], "synthesis.criterion"),
                            (["rationale=lcr", "rationale.mode=bogus"], "rationale.mode")):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_cfg, make_imagefolder
+from conftest import compose_cfg, make_imagefolder, run_training_step
 from fgssl.fgvr.gradcam import gradcam_map
 from fgssl.fgvr.rationale import RationaleRegularizer, attention_pool, rationale_target
 from fgssl.losses.rationale_fit import minmax_per_image
@@ -188,16 +188,7 @@ def test_uniform_attention_pool_is_gap():
 
 
 # ---------------------------------------------------------------------- weight 0 == base method
-def _one_step(method, x1, x2):
-    """Run the real base training_step with Lightning's trainer plumbing stubbed out."""
-    opt = torch.optim.SGD([{"name": "all", "params": [p for p in method.parameters() if p.requires_grad]}], lr=0.0)
-    method.optimizers = lambda: opt
-    method.lr_schedulers = lambda: None
-    method.manual_backward = lambda loss: loss.backward()
-    method.log_dict = lambda *a, **k: None
-    method.log = lambda *a, **k: None
-    loss = method.training_step(((x1, x2), None), 0)
-    return loss, {n: p.grad.clone() for n, p in method.backbone.named_parameters() if p.grad is not None}
+_one_step = run_training_step
 
 
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import compose_cfg, make_imagefolder
+from conftest import compose_cfg, make_imagefolder, run_training_step
 from fgssl.fgvr.gradcam import channel_importance
 from fgssl.fgvr.synthesis import (
     CAM_CRITERIA,
@@ -63,16 +63,7 @@ def step_state(method, x1, x2, with_grad: bool = True) -> StepState:
     return StepState((x1, x2), (a1, a2), (z1, z2), loss, grads, 0, 0)
 
 
-def one_step(method, x1, x2):
-    """The real base training_step with the Lightning trainer plumbing stubbed out (lr 0)."""
-    opt = torch.optim.SGD([{"name": "all", "params": [p for p in method.parameters() if p.requires_grad]}], lr=0.0)
-    method.optimizers = lambda: opt
-    method.lr_schedulers = lambda: None
-    method.manual_backward = lambda loss: loss.backward()
-    method.log_dict = lambda *a, **k: None
-    method.log = lambda *a, **k: None
-    loss = method.training_step(((x1, x2), None), 0)
-    return loss, {n: p.grad.clone() for n, p in method.backbone.named_parameters() if p.grad is not None}
+one_step = run_training_step
 
 
 # ---------------------------------------------------------------------- alpha = nu = 0 == base method

@@ -15,7 +15,6 @@ WandbLogger the same PNG is logged under ``lcr/maps``.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
 from fgssl.fgvr.gradcam import gradcam_map
 
 
@@ -104,35 +104,17 @@ class RationaleMapsCallback(pl.Callback):
         self.num = max(1, int(num_images))
         self._x: Optional[Tensor] = None
 
-    def _fixed_batch(self, trainer) -> Optional[Tensor]:
-        if self._x is None:
-            dm = getattr(trainer, "datamodule", None)
-            ds = getattr(dm, "test_set", None) or getattr(dm, "memory_set", None)
-            if ds is None or len(ds) == 0:
-                return None
-            n = min(self.num, len(ds))
-            idx = torch.linspace(0, len(ds) - 1, n).round().long().tolist()
-            items = [ds[i][0] for i in idx]
-            items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
-            self._x = torch.stack(items)
-        return self._x
-
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
-        if not ((epoch + 1) % self.every == 0 or last) or not trainer.is_global_zero:
+        if not is_image_epoch(trainer, self.every):
             return
         reg = find_rationale(pl_module)
-        x = self._fixed_batch(trainer)
-        if reg is None or x is None:
+        if self._x is None:
+            self._x = eval_images(trainer, self.num)
+        if reg is None or self._x is None:
             return
-        x = x.to(pl_module.device)
+        epoch = trainer.current_epoch
+        x = self._x.to(pl_module.device)
         cam, att = compute_maps(pl_module, reg, x)
         path = Path(trainer.default_root_dir) / "figures" / f"lcr_maps_epoch{epoch:03d}.png"
         save_grid(x, cam, att, path, f"LCR ({reg.mode}) epoch {epoch}")
-        for lg in trainer.loggers:
-            if isinstance(lg, pl.loggers.WandbLogger):
-                try:
-                    lg.log_image(key="lcr/maps", images=[str(path)], step=trainer.global_step)
-                except Exception as e:  # noqa: BLE001 - a figure must never stop training
-                    warnings.warn(f"could not log {path.name} to wandb: {e}", stacklevel=1)
+        log_png(trainer, "lcr/maps", path)

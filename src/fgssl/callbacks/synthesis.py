@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
+
 
 def save_pairs_grid(x: Tensor, rec: Tensor, pert: Tensor, path: Path) -> Path:
     """3 x N PNG grid: rows x, g(z), g(z~), all de-normalised to [0, 1] at the size of ``x``."""
@@ -117,40 +119,20 @@ class SynthesisCallback(pl.Callback):
         return n
 
     # ------------------------------------------------------------------ image grid
-    def _fixed_batch(self, trainer) -> Optional[Tensor]:
-        if self._x is None:
-            dm = getattr(trainer, "datamodule", None)
-            ds = getattr(dm, "test_set", None) or getattr(dm, "memory_set", None)
-            if ds is None or len(ds) == 0:
-                return None
-            k = max(2, min(int(self.reg.cfg.log_images_n), len(ds)))
-            idx = torch.linspace(0, len(ds) - 1, k).round().long().tolist()
-            self._x = torch.stack([ds[i][0] for i in idx])
-        return self._x
-
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        every = int(self.reg.cfg.log_images_every_n_epochs)
-        if every <= 0 or not trainer.is_global_zero:
+        if not is_image_epoch(trainer, int(self.reg.cfg.log_images_every_n_epochs)):
             return
         epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
-        if not ((epoch + 1) % every == 0 or last):
-            return
         try:
-            x = self._fixed_batch(trainer)
-            if x is None:
+            if self._x is None:
+                self._x = eval_images(trainer, max(2, int(self.reg.cfg.log_images_n)))
+            if self._x is None:
                 return
-            x = x.to(pl_module.device)
+            x = self._x.to(pl_module.device)
             rec, pert = self.reg.synthesize(pl_module, x)
             path = Path(trainer.default_root_dir) / "figures" / f"syn_pairs_epoch{epoch:03d}.png"
             save_pairs_grid(x, rec, pert, path)
         except Exception as e:  # noqa: BLE001 - a figure must never stop training
             warnings.warn(f"SYN: could not write the image grid: {type(e).__name__}: {e}", stacklevel=1)
             return
-        for lg in trainer.loggers:
-            if isinstance(lg, pl.loggers.WandbLogger):
-                try:
-                    lg.log_image(key="syn/pairs", images=[str(path)], caption=[f"epoch {epoch}: x / g(z) / g(z~)"],
-                                 step=trainer.global_step)
-                except Exception as e:  # noqa: BLE001
-                    warnings.warn(f"SYN: could not log {path.name} to wandb: {e}", stacklevel=1)
+        log_png(trainer, "syn/pairs", path, [f"epoch {epoch}: x / g(z) / g(z~)"])
