@@ -3,13 +3,11 @@
 ``ckpt=random`` evaluates the untrained network built from the given config.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from fgssl.config import register_configs
-from fgssl.errors import FgsslError
+from fgssl.errors import run_or_exit
 
 register_configs()
 
@@ -18,11 +16,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from fgssl.run import evaluate
 
-    try:
-        evaluate(cfg)
-    except FgsslError as e:
-        print(f"fgssl error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,11 @@
     python figures.py figures.sweep_dir=multirun/2026-11-23/10-00-00
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from fgssl.config import register_configs
-from fgssl.errors import FgsslError
+from fgssl.errors import run_or_exit
 
 register_configs()
 
@@ -20,11 +18,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from fgssl.figures import make_figures
 
-    try:
-        make_figures(cfg)
-    except FgsslError as e:
-        print(f"fgssl error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(make_figures, cfg)
 
 
 if __name__ == "__main__":

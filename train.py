@@ -1,12 +1,10 @@
 """Pre-train an SSL method (Hydra entry point): ``python train.py method=mocov2 data=cub53``."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from fgssl.config import register_configs
-from fgssl.errors import FgsslError
+from fgssl.errors import run_or_exit
 
 register_configs()
 
@@ -15,11 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from fgssl.run import train
 
-    try:
-        metrics = train(cfg)
-    except FgsslError as e:
-        print(f"fgssl error: {e}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(train, cfg)
     return metrics.get("test/retrieval_map", 0.0)
 
 

@@ -21,3 +21,14 @@ class FgsslError(RuntimeError):
 
 class ConfigError(FgsslError, ValueError):
     """A config value outside its allowed set or range; the message names the key."""
+
+
+def run_or_exit(fn, *args):
+    """Call ``fn(*args)``; an :class:`FgsslError` becomes one ``fgssl error: ...`` line and exit code 2."""
+    import sys
+
+    try:
+        return fn(*args)
+    except FgsslError as e:
+        print(f"fgssl error: {e}", file=sys.stderr)
+        sys.exit(2)
