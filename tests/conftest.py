@@ -52,6 +52,29 @@ def run_training_step(method, x1, x2):
     return loss, {n: p.grad.clone() for n, p in method.backbone.named_parameters() if p.grad is not None}
 
 
+def load_base_state(base, other) -> dict:
+    """Copy ``base``'s state into ``other`` (same method + regularizers); only regularizer keys may be missing."""
+    import copy
+
+    state = copy.deepcopy(base.state_dict())  # queue, key encoder and BN statistics move with each step
+    missing, unexpected = other.load_state_dict(state, strict=False)
+    assert not unexpected and missing and all(k.startswith("regularizers.") for k in missing)
+    return state
+
+
+def assert_same_step(base, other, x1, x2):
+    """One real training step of each gives the identical loss and backbone gradients; returns base's (loss, grads)."""
+    import torch
+
+    l0, g0 = run_training_step(base, x1, x2)
+    l1, g1 = run_training_step(other, x1, x2)
+    assert torch.equal(l0, l1)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for k in g0:
+        torch.testing.assert_close(g0[k], g1[k], rtol=0, atol=0)
+    return l0, g0
+
+
 def write_image(path: Path, size=(40, 40), mode: str = "RGB", seed: int = 0) -> Path:
     """A small random-texture image; ``mode`` may be RGB, L, RGBA, CMYK, P."""
     rng = random.Random(seed)

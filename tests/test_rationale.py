@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_cfg, make_imagefolder, run_training_step
+from conftest import assert_same_step, compose_cfg, load_base_state, make_imagefolder, run_training_step
 from fgssl.fgvr.gradcam import gradcam_map
 from fgssl.fgvr.rationale import RationaleRegularizer, attention_pool, rationale_target
 from fgssl.losses.rationale_fit import minmax_per_image
@@ -202,17 +201,10 @@ def test_weight_zero_equals_base(name):
     base = build_method(compose_cfg(common)).train()
     torch.manual_seed(0)
     lcr = build_method(compose_cfg(common + ["rationale=lcr", "rationale.weight=0"])).train()
-    state = copy.deepcopy(base.state_dict())  # queue, EMA encoder and BN stats move with each step
-    missing, unexpected = lcr.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("regularizers.") for k in missing)
+    state = load_base_state(base, lcr)
     torch.manual_seed(1)
     x1, x2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
-    l0, g0 = _one_step(base, x1, x2)
-    l1, g1 = _one_step(lcr, x1, x2)
-    assert torch.equal(l0, l1)
-    assert g0.keys() == g1.keys() and len(g0) > 0
-    for k in g0:
-        torch.testing.assert_close(g0[k], g1[k], rtol=0, atol=0)
+    l0, g0 = assert_same_step(base, lcr, x1, x2)
     # control: with a weight, the loss and the encoder gradients do change
     lcr.load_state_dict(state, strict=False)
     lcr.regularizers[0].weight = 1.0
