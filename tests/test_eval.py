@@ -157,3 +157,42 @@ def test_metrics_file_and_table(tmp_path):
     for k in METRIC_KEYS:
         assert k in table
     assert "title" in table and "20.00" in table
+
+
+def _sort_reference(feats, labels, ks=(1, 5)):
+    """Full-sort retrieval in torch (the textbook way): rank every item of every row."""
+    x = torch.nn.functional.normalize(feats.double(), dim=1)
+    n = x.shape[0]
+    sim = x @ x.t()
+    sim.fill_diagonal_(float("-inf"))
+    order = sim.argsort(dim=1, descending=True)[:, : n - 1]
+    match = (labels[order] == labels.unsqueeze(1)).double()
+    m = match.sum(1)
+    out = {f"rank{k}": 100.0 * match[:, :k].amax(1).mean().item() for k in ks}
+    prec = match.cumsum(1) / torch.arange(1, n, dtype=torch.float64) * match
+    out["map"] = 100.0 * (prec.sum(1)[m > 0] / m[m > 0]).mean().item()
+    return out
+
+
+@pytest.mark.parametrize("levels", [2, 64, 4096])  # 2 levels: nearly every item takes the exact path
+@pytest.mark.parametrize("classes,spread", [(3, 0.5), (40, 2.0), (150, 0.0)])
+def test_retrieval_matches_full_sort_at_scale(levels, classes, spread, monkeypatch):
+    import fgssl.eval.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "LEVELS", levels)
+    g = torch.Generator().manual_seed(classes)
+    n, d = 700, 24
+    labels = torch.randint(0, classes, (n,), generator=g)
+    centres = torch.randn(classes, d, generator=g)
+    feats = spread * centres[labels] + torch.randn(n, d, generator=g)
+    want = _sort_reference(feats, labels)
+    got = retrieval_metrics(feats, labels, chunk=128)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-3), k
+
+
+def test_retrieval_rejects_non_finite_features():
+    feats = torch.randn(10, 4)
+    feats[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retrieval_metrics(feats, torch.arange(10) % 2)

@@ -543,8 +543,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--loader-batches", type=int, default=None, help="timed loader batches (default 15 CPU, 50 CUDA)")
     p.add_argument("--loader-cache", default="off,on", help="data.cache settings for the loader: off,on / off / on")
     p.add_argument("--no-retrieval", action="store_true")
-    p.add_argument("--retrieval-n", type=int, default=None, help="features (default 10000 on CUDA, 4000 on CPU)")
-    p.add_argument("--retrieval-d", type=int, default=None, help="dimension (default 2048 on CUDA, 512 on CPU)")
+    p.add_argument("--retrieval-n", type=int, default=None, help="features (default 10000, the size issue 6 sets)")
+    p.add_argument("--retrieval-d", type=int, default=None, help="dimension (default 2048)")
     p.add_argument("--retrieval-classes", type=int, default=200)
     p.add_argument("--retrieval-chunk", type=int, default=None, help="default: eval.retrieval_chunk")
     p.add_argument("--retrieval-reps", type=int, default=3)
@@ -571,8 +571,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.steps = a.steps if a.steps is not None else (30 if gpu else 5)
     a.warmup = a.warmup if a.warmup is not None else (10 if gpu else 2)
     a.loader_batches = a.loader_batches or (50 if gpu else 15)
-    a.retrieval_n = a.retrieval_n or (10000 if gpu else 4000)
-    a.retrieval_d = a.retrieval_d or (2048 if gpu else 512)
+    a.retrieval_n = a.retrieval_n or 10000
+    a.retrieval_d = a.retrieval_d or 2048
     if a.steps < 1 or a.warmup < 0 or a.batch < 2 or a.image_size < 8 or a.rounds < 1:
         p.error("need --steps >= 1, --warmup >= 0, --batch >= 2, --image-size >= 8, --rounds >= 1")
     a.precision = PRECISIONS[a.precision]
