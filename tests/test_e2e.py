@@ -81,6 +81,11 @@ def test_train_smoke_then_evaluate(method, kind, datasets, tmp_path, capsys):
     else:
         assert not (out / "bad_images.txt").exists()
     n_test = {"cub53": 64}.get(kind, 9)  # debug=smoke caps evaluation at 64 images
+    loc_keys = {"test/loc_gradcam_pointing_game", "test/loc_gradcam_part_hit_rate"}
+    if kind == "cub":  # the official CUB layout ships boxes and parts: the localisation score runs
+        assert loc_keys <= set(saved) and all(0.0 <= saved[k] <= 100.0 for k in loc_keys)
+    else:
+        assert not loc_keys & set(saved)
     assert saved["test/num_test_images"] == n_test
 
     # resolved config and checkpoint next to each other

@@ -228,6 +228,11 @@ class EvalConfig:
     sgd_batch_size: int = 256
     #: Fractions of sgd_epochs at which the lr is multiplied by 0.1 (60 and 80 of 100).
     sgd_milestones: List[float] = field(default_factory=lambda: [0.6, 0.8])
+    #: Localisation score (pointing game, part hit rate of Grad-CAM and LCR attention peaks)
+    #: on datasets that ship CUB boxes and parts (``data=cub``); skipped for the others.
+    localisation: bool = True
+    #: Part hit radius, as a fraction of the crop side.
+    part_radius: float = 0.15
 
 
 @dataclass

@@ -53,6 +53,10 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
         out.update(linear_sgd(method, dm, cfg, device, progress))
     elif e.protocol != "fast":
         raise FgsslError(f"eval.protocol={e.protocol!r} must be 'fast' or 'linear_sgd'")
+    if e.localisation and cfg.data.name == "cub":
+        from fgssl.eval.localisation import localisation_scores
+
+        out.update(localisation_scores(method, dm, cfg.data.root, device, e.max_images, e.part_radius))
     out["test/eval_seconds"] = time.perf_counter() - t0
     return out
 

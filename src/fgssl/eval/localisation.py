@@ -20,6 +20,7 @@ part points are mapped into the same crop coordinates.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -65,7 +66,7 @@ def read_cub_annotations(root: str) -> Dict[str, Annotation]:
                     parts.setdefault(i, []).append((float(x), float(y)))
     out = {}
     for i, rel in images.items():
-        path = str(base / "images" / rel.strip())
+        path = os.path.abspath(base / "images" / rel.strip())
         if i in boxes:
             out[path] = Annotation(boxes[i], parts.get(i, []), (0, 0))
     return out
@@ -144,7 +145,7 @@ def localisation_scores(method, dm, root: str, device: torch.device, max_images:
         count += len(x)
         if max_images and count >= max_images:
             break
-    paths = [p for p, _ in dm.test_set.samples][:count]
+    paths = [os.path.abspath(p) for p, _ in dm.test_set.samples][:count]
     for p in paths:
         if p not in anns:
             raise FgsslError(f"localisation: no box for {p} in bounding_boxes.txt")
@@ -156,5 +157,5 @@ def localisation_scores(method, dm, root: str, device: torch.device, max_images:
     for name, chunks in peaks.items():
         if chunks:
             for k, v in score_peaks(torch.cat(chunks)[: len(used)], used, size, radius).items():
-                out[f"loc/{name}_{k}"] = v
+                out[f"test/loc_{name}_{k}"] = v
     return out
