@@ -1,0 +1,88 @@
+"""`make figures` on smoke checkpoints writes every paper figure (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import fgssl.run
+from conftest import ROOT, compose_cfg, make_imagefolder
+from fgssl.errors import FgsslError
+from fgssl.figures import collect_sweep
+from fixtures import one_torch_thread
+
+RUNS = {  # name -> overrides; "sweep" runs are what an alpha sweep directory holds
+    "base": ["synthesis=none"],
+    "alpha": ["synthesis=syn", "synthesis.nu=0", "synthesis.alpha=0.1"],
+    "full": ["synthesis=syn", "synthesis.alpha=0.1"],
+    "lcr": ["rationale=lcr"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    gen = one_torch_thread()
+    next(gen)
+    base = tmp_path_factory.mktemp("figs")
+    data = make_imagefolder(base / "data", classes=3, per_class=11)  # 33 images: two batches of 16
+    sweep = base / "sweep"
+    ckpts = {}
+    for name, extra in RUNS.items():
+        out = (sweep if name != "lcr" else base) / name
+        cfg = compose_cfg(["method=mocov2", "data=imagefolder", f"data.root={data}", "debug=smoke",
+                           "trainer.enable_progress_bar=false", *extra], out)
+        fgssl.run.train(cfg)
+        ckpts[name] = out / "checkpoints" / "last.ckpt"
+    yield ckpts, sweep, base
+    next(gen, None)
+
+
+def test_make_figures_writes_every_figure(smoke_runs, tmp_path):
+    ckpts, sweep, _ = smoke_runs
+    out = tmp_path / "figs"
+    args = (f"ckpt={ckpts['base']} 'figures.compare=[{ckpts['full']},{ckpts['lcr']}]' "
+            f"figures.sweep_dir={sweep} figures.out_dir={out} figures.num_images=4 logger=none")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # `-o install`: the suite already runs inside the installed environment
+    cmd = ["make", "-s", "-C", str(ROOT), "-o", "install", "figures", f"VENV={sys.prefix}", f"ARGS={args}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sizes = {}
+    for name in ("gradcam", "syn_pairs", "variance", "alpha_sweep"):
+        png = out / f"{name}.png"
+        assert f"wrote {png}" in r.stdout
+        with Image.open(png) as im:
+            sizes[name] = im.size
+            assert im.size[0] > 200 and im.size[1] > 150, (name, im.size)
+            assert len(set(im.convert("L").getdata())) > 10, f"{name}.png is blank"
+    # Grad-CAM: one row per checkpoint (base, +SYN, +LCR) -> taller than a single-model figure
+    single = tmp_path / "single"
+    r1 = subprocess.run([sys.executable, str(ROOT / "figures.py"), f"ckpt={ckpts['base']}",
+                         f"figures.out_dir={single}", "figures.num_images=4", "logger=none"],
+                        capture_output=True, text=True, timeout=600, env=env)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    with Image.open(single / "gradcam.png") as im:
+        assert sizes["gradcam"][1] > im.size[1]
+    assert not (single / "syn_pairs.png").exists(), "no SYN pairs without a SYN checkpoint"
+    assert not (single / "alpha_sweep.png").exists()
+
+
+def test_collect_sweep_groups_base_alpha_and_full(smoke_runs):
+    _, sweep, _ = smoke_runs
+    got = collect_sweep(str(sweep))
+    for name, key, alpha in (("base", "base", 0.0), ("alpha", "alpha", 0.1), ("full", "full", 0.1)):
+        want = json.loads((sweep / name / "metrics.json").read_text())["test/linear_top1"]
+        assert got[key][alpha] == [pytest.approx(want)]
+
+
+def test_figures_errors_name_the_problem(smoke_runs, tmp_path):
+    _, _, base = smoke_runs
+    with pytest.raises(FgsslError, match="sweep_dir not found"):
+        collect_sweep(str(tmp_path / "missing"))
+    with pytest.raises(FgsslError, match="no SYN jobs"):
+        collect_sweep(str(base / "lcr"))
