@@ -32,8 +32,10 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
     te_f, te_y = extract_features(method, dm.test_loader(), device, e.feature, "test features", progress)
     t_feat = time.perf_counter() - t0
     r = retrieval_metrics(te_f, te_y, chunk=e.retrieval_chunk)
+    t_lin = time.perf_counter()
     lin = linear_probe(mem_f.cpu(), mem_y.cpu(), te_f.cpu(), te_y.cpu(), dm.num_classes,
                        list(e.linear_wd_grid), e.linear_max_iter)
+    t_lin = time.perf_counter() - t_lin
     pred = weighted_knn_predict(te_f, mem_f, mem_y, dm.num_classes, e.knn_k, e.knn_t)
     knn = 100.0 * (pred == te_y).float().mean().item()
     out = {
@@ -46,6 +48,7 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
         "test/num_train_images": float(len(mem_y)),
         "test/num_test_images": float(len(te_y)),
         "test/feature_seconds": t_feat,
+        "test/linear_seconds": t_lin,  # the fast probe alone, on cached features
     }
     if e.protocol == "linear_sgd":
         from fgssl.eval.linear_sgd import linear_sgd
