@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fgssl.callbacks.guards import CollapseGuard
+from fgssl.callbacks.guards import CollapseGuard, RngState, StepCheckpoint
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
@@ -61,7 +61,24 @@ def hydra_job_info() -> Dict[str, Optional[str]]:
 
 
 # ---------------------------------------------------------------------- pieces
-def build_logger(cfg: DictConfig, out: Path):
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(out: Path, resuming: bool) -> str:
+    """The wandb run id of this run directory: the saved one when resuming, a new one otherwise."""
+    path = out / WANDB_ID_FILE
+    if resuming and path.exists():
+        return path.read_text().strip()
+    import secrets
+    import string
+
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's id format
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_logger(cfg: DictConfig, out: Path, resuming: bool = False):
     lg = cfg.logger
     if lg.name == "none":
         return False
@@ -77,6 +94,7 @@ def build_logger(cfg: DictConfig, out: Path):
         return pl.loggers.WandbLogger(
             project=lg.project, entity=lg.entity, group=group, name=name, tags=list(lg.tags),
             save_dir=str(out), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),
+            id=wandb_run_id(out, resuming), resume="allow",  # a resumed run continues its wandb run
         )
     raise FgsslError(f"logger.name={lg.name!r} must be wandb, csv or none")
 
@@ -100,14 +118,17 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         sync_bn = False
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}",
                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                                        every_n_epochs=1)
+                                        every_n_epochs=1, enable_version_counter=False)
+    ckpts = [ckpt]
+    if t.ckpt_every_n_steps > 0:  # mid-epoch checkpoints: a kill costs at most this many steps
+        ckpts.append(StepCheckpoint(str(out / "checkpoints"), t.ckpt_every_n_steps))
     kw = dict(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=sync_bn,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
-        callbacks=[ckpt, CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],
-        num_sanity_val_steps=0,
+        callbacks=[*ckpts, RngState(), CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],
+        num_sanity_val_steps=0, use_distributed_sampler=False,  # the datamodule shards (data/sampling.py)
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:
@@ -123,6 +144,18 @@ def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
 def save_config(cfg: DictConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
+
+
+def same_run_config(saved: Path, cfg: DictConfig) -> bool:
+    """Whether ``cfg`` is the config saved at ``saved`` (an automatic MoCo queue size, filled in at
+    setup from the dataset size, counts as equal to the value it resolved to)."""
+    if not saved.exists():
+        return False
+    old = OmegaConf.load(saved)
+    now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if "queue_size" in now.method and not now.method.queue_size and "queue_size" in old.method:
+        now.method.queue_size = old.method.queue_size
+    return old == now
 
 
 def load_run_config(ckpt: Path) -> DictConfig:
@@ -182,9 +215,13 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
-    logger = build_logger(cfg, out)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    resuming = bool(cfg.resume and last.exists() and same_run_config(ckpt_dir / CONFIG_NAME, cfg))
+
+    logger = build_logger(cfg, out, resuming)
     trainer = build_trainer(cfg, out, logger, [])
-    dm = FGVRDataModule(cfg.data, cfg.eval, str(out), trainer.world_size)
+    dm = FGVRDataModule(cfg.data, cfg.eval, str(out), trainer.world_size, cfg.seed)
     dm.setup()
     resolve_queue(cfg, dm.num_train, trainer.world_size)
     method = build_method(cfg)
@@ -192,20 +229,15 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         method = method.to(memory_format=torch.channels_last)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
     ckpt_path = None
-    if last.exists():
-        old = OmegaConf.load(ckpt_dir / CONFIG_NAME) if (ckpt_dir / CONFIG_NAME).exists() else None
-        now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        if cfg.resume and old is not None and old == now:
-            ckpt_path = str(last)
-            print(f"resuming from {last}")
-        elif trainer.is_global_zero:
-            keep = ckpt_dir.with_name(f"checkpoints.previous-{int(last.stat().st_mtime)}")
-            ckpt_dir.rename(keep)
-            why = "resume=false" if not cfg.resume else "the config changed"
-            print(f"found {last} but {why}: starting fresh (old checkpoints moved to {keep})")
+    if resuming:
+        ckpt_path = str(last)
+        print(f"resuming from {last}")
+    elif last.exists() and trainer.is_global_zero:
+        keep = ckpt_dir.with_name(f"checkpoints.previous-{int(last.stat().st_mtime)}")
+        ckpt_dir.rename(keep)
+        why = "resume=false" if not cfg.resume else "the config changed"
+        print(f"found {last} but {why}: starting fresh (old checkpoints moved to {keep})")
     if trainer.is_global_zero:
         save_config(cfg, ckpt_dir / CONFIG_NAME)
     if trainer.is_global_zero:

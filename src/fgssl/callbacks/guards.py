@@ -12,7 +12,13 @@ checkpoint, so the last good checkpoint on disk is kept.
 
 from __future__ import annotations
 
+import os
+import random
+from typing import Any, Dict
+
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from fgssl.errors import FgsslError
 
@@ -23,6 +29,12 @@ class CollapseGuard(pl.Callback):
         self.patience = patience
         self.key = key
         self.low_steps = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"low_steps": self.low_steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.low_steps = int(state.get("low_steps", 0))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         value = trainer.callback_metrics.get(self.key)
@@ -37,3 +49,51 @@ class CollapseGuard(pl.Callback):
                 f"(healthy is about 1/sqrt(d)); the last good checkpoint is kept in "
                 f"{trainer.default_root_dir}/checkpoints"
             )
+
+
+class RngState(pl.Callback):
+    """Saves the global RNG states (torch, CUDA, numpy, python) in every checkpoint and restores them on
+    resume, so a resumed run draws the same random numbers (SYN's perturbations, pair choice, ...) as
+    an uninterrupted one. Stored as plain tensors and lists: loadable with ``weights_only=True``."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]],
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+
+
+class StepCheckpoint(pl.Callback):
+    """Rewrites ``last.ckpt`` every ``every_n_steps`` optimizer steps (Lightning's ``global_step``),
+    so a kill in the middle of a long epoch costs at most that many steps. The file is written
+    beside the old one and renamed over it: a kill during the write never leaves a truncated
+    ``last.ckpt``. Epoch-end checkpoints stay with Lightning's ``ModelCheckpoint``."""
+
+    def __init__(self, dirpath: str, every_n_steps: int):
+        self.dirpath = dirpath
+        self.every_n_steps = every_n_steps
+        self._last_saved = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == self._last_saved or step % self.every_n_steps:
+            return
+        self._last_saved = step
+        last = os.path.join(self.dirpath, "last.ckpt")
+        tmp = os.path.join(self.dirpath, ".last.ckpt.tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, last)

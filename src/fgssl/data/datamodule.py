@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from fgssl.data.images import filter_bad, load_rgb, record_bad
 from fgssl.data.readers import read_split
+from fgssl.data.sampling import ResumableLoader, ResumableSampler
 from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
 
@@ -50,7 +51,17 @@ class ImageDataset(Dataset):
             return self.cache[i]
         return load_rgb(self.samples[i][0])
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: Union[int, Tuple[int, int]]):
+        """``key`` is an index, or ``(index, seed)`` from :class:`ResumableSampler`: then the random
+        transform runs under that seed (the global RNG is left as it was)."""
+        if isinstance(key, (tuple, list)):
+            i, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._load(i)
+        return self._load(key)
+
+    def _load(self, i: int):
         for attempt in range(len(self.samples)):
             j = (i + attempt) % len(self.samples)
             try:
@@ -74,8 +85,9 @@ def _cap(samples: List[Tuple[str, int]], n: Optional[int]) -> List[Tuple[str, in
 
 class FGVRDataModule(pl.LightningDataModule):
     def __init__(self, data: DictConfig, eval_cfg: DictConfig, out_dir: Optional[str] = None,
-                 world_size: int = 1):
+                 world_size: int = 1, seed: int = 0):
         super().__init__()
+        self.seed = seed
         self.cfg = data
         self.eval_cfg = eval_cfg
         self.out_dir = Path(out_dir) if out_dir else None
@@ -125,7 +137,18 @@ class FGVRDataModule(pl.LightningDataModule):
                           pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0 and train)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.cfg.batch_size, train=True)
+        """Seeded, sharded, resumable two-view loader (see :mod:`fgssl.data.sampling`)."""
+        trainer = self.trainer
+        rank, world, epoch = (0, 1, 0) if trainer is None else (trainer.global_rank, trainer.world_size,
+                                                                 trainer.current_epoch)
+        sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch)
+
+        def batches_done() -> int:
+            return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        nw = self.cfg.num_workers
+        return ResumableLoader(self.train_set, sampler, self.cfg.batch_size, batches_done, num_workers=nw,
+                               pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0)
 
     def val_dataloader(self) -> List[DataLoader]:
         return [self.memory_loader(), self.test_loader()]

@@ -258,6 +258,19 @@ class SSLMethod(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         return self.cfg.method.lr * self.cfg.data.batch_size * world / 256.0
 
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, from the datamodule's size (drop_last) and limit_train_batches.
+
+        Not ``trainer.estimated_stepping_batches``: that builds the train loader before a checkpoint is
+        restored, so a resumed run would never receive the loader's saved mid-epoch position.
+        """
+        trainer = self.trainer
+        dm = trainer.datamodule
+        n = len(dm.train_set) // (dm.cfg.batch_size * trainer.world_size)
+        limit = trainer.limit_train_batches
+        n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
+        return max(1, n)
+
     def configure_optimizers(self):
         m = self.cfg.method
         base_lr = self.scaled_lr()
@@ -269,8 +282,8 @@ class SSLMethod(pl.LightningModule):
             g.setdefault("weight_decay", m.weight_decay if kind == "sgd" else 0.0)
             g.setdefault("fixed_lr", False)
             (sgd if kind == "sgd" else adam).append(g)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        steps_per_epoch = self._steps_per_epoch()
+        total = max(1, steps_per_epoch * max(1, self.trainer.max_epochs))
         warmup = int(round(m.warmup_epochs * steps_per_epoch))
 
         def lam(fixed: bool):

@@ -1,0 +1,145 @@
+"""Auto-resume (issue 7): a run killed with SIGKILL in the middle of an epoch and started again with
+the same command ends where an uninterrupted run ends; a changed config starts fresh; wandb continues
+the same run id."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fgssl.run
+from conftest import ROOT, compose_cfg, make_imagefolder
+from fixtures import one_torch_thread
+
+# 48 images, batch 8: 6 steps per epoch, 2 epochs; a checkpoint every 2 SGD steps (SYN's decoder
+# has its own Adam optimizer, so Lightning's global step counts 2 per batch: every 4 global steps)
+KILL_AT_BATCH = 9  # the 3rd batch of epoch 2: the last checkpoint on disk is after batch 8
+TOLERANCE = dict(atol=1e-5, rtol=1e-4)  # weights; CPU kernels are deterministic at 1 thread
+
+KILLER = """
+import os, runpy, signal, sys
+import pytorch_lightning as pl
+import fgssl.run as run
+
+kill_at = int(os.environ["KILL_AT_BATCH"])
+build = run.build_trainer
+
+
+class Kill(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.fit_loop.total_batch_idx + 1 >= kill_at:
+            print(f"killing at batch {kill_at}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build_trainer(*a, **k):
+    trainer = build(*a, **k)
+    trainer.callbacks.insert(0, Kill())  # Lightning runs checkpointing callbacks last: this one first
+    return trainer
+
+
+run.build_trainer = build_trainer
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path(os.path.join(os.environ["FGSSL_REPO"], "train.py"), run_name="__main__")
+"""
+
+
+def _overrides(data: Path, run: Path):
+    return ["method=mocov2", "data=imagefolder", f"data.root={data}", "data.image_size=32", "data.batch_size=8",
+            "data.num_workers=0", "trainer.max_epochs=2", "trainer.ckpt_every_n_steps=4",
+            "synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=1",
+            "eval.max_images=24", "eval.knn_every_n_epochs=0", "eval.linear_max_iter=20",
+            "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+
+
+def _train(args, env, script=None):
+    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, str(ROOT / "train.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+
+
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=16)
+    env = dict(os.environ, OMP_NUM_THREADS="1", KILL_AT_BATCH=str(KILL_AT_BATCH), FGSSL_REPO=str(ROOT))
+
+    ref = _train(_overrides(data, tmp_path / "ref"), env)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+
+    run = tmp_path / "killed"
+    killed = _train(_overrides(data, run), env, script=KILLER)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-4000:])
+    assert not (run / "metrics.json").exists()
+    on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert on_disk["global_step"] == 16, "the step checkpoint after batch 8 (2 optimizers x 8)"
+    assert on_disk["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1, "mid epoch 2"
+
+    resumed = _train(_overrides(data, run), env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+
+    a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 24
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, va in a["state_dict"].items():  # backbone, heads, momentum encoder, queue, SYN statistics
+        vb = b["state_dict"][k]
+        if va.is_floating_point():
+            torch.testing.assert_close(vb, va, **TOLERANCE, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(va, vb), k
+    assert any("queue" in k for k in a["state_dict"]) and any(k.startswith("synthesis") or ".synth" in k or
+                                                              "stats" in k for k in a["state_dict"])
+    ma = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    mb = json.loads((run / "metrics.json").read_text())
+    for k in ("test/retrieval_map", "test/retrieval_rank1", "test/linear_top1", "test/knn_top1"):
+        assert mb[k] == pytest.approx(ma[k], abs=1e-3), k
+
+
+@pytest.fixture
+def _one_thread():
+    yield from one_torch_thread()
+
+
+def _smoke(data: Path, out: Path, *extra: str):
+    return compose_cfg(["method=simsiam", "data=imagefolder", f"data.root={data}", "debug=smoke",
+                        "trainer.enable_progress_bar=false", *extra], out)
+
+
+def test_changed_config_starts_fresh_and_keeps_old_checkpoints(tmp_path, capsys, _one_thread):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    out = tmp_path / "run"
+    fgssl.run.train(_smoke(data, out))
+    first = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    capsys.readouterr()
+
+    fgssl.run.train(_smoke(data, out))  # same config: resumes (training already complete)
+    assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+
+    fgssl.run.train(_smoke(data, out, "method.lr=0.01"))
+    text = capsys.readouterr().out
+    assert "the config changed: starting fresh" in text
+    kept = sorted(tmp_path.glob("run/checkpoints.previous-*"))
+    assert len(kept) == 1 and (kept[0] / "last.ckpt").is_file()
+    old = torch.load(kept[0] / "last.ckpt", map_location="cpu", weights_only=True)
+    assert old["global_step"] == first["global_step"]
+    assert fgssl.run.same_run_config(out / "checkpoints" / "config.yaml", _smoke(data, out, "method.lr=0.01"))
+
+
+def test_wandb_continues_the_same_run_id(tmp_path, _one_thread, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    out = tmp_path / "run"
+    cfg = _smoke(data, out, "logger=wandb", "logger.mode=offline")
+    fgssl.run.train(cfg)
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    fgssl.run.train(_smoke(data, out, "logger=wandb", "logger.mode=offline"))  # resume
+    assert (out / "wandb_run_id.txt").read_text().strip() == run_id
+    runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs), runs
+    fgssl.run.train(_smoke(data, out, "logger=wandb", "logger.mode=offline", "seed=1"))  # changed: new run
+    assert (out / "wandb_run_id.txt").read_text().strip() != run_id
