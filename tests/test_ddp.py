@@ -16,15 +16,56 @@ from fgssl.eval.evaluate import METRIC_KEYS
 SMOKE_BATCH = 16  # conf/debug/smoke.yaml
 
 
-@pytest.mark.parametrize("method", ["mocov2", "simsiam"])
-def test_ddp_two_cpu_processes(method, tmp_path):
-    run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.precision=32-true", "debug=smoke", f"method={method}", f"hydra.run.dir={run}",
-           "trainer.enable_progress_bar=false"]
+def _train(tmp_path, run, *overrides):
+    cmd = [sys.executable, str(ROOT / "train.py"), "trainer.precision=32-true", "debug=smoke",
+           f"hydra.run.dir={run}", "trainer.enable_progress_bar=false", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # 2 processes on 2 cores
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+
+
+def _steps(run):
+    import csv
+
+    with open(run / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r for r in rows if r.get("lr/backbone")], [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
+
+
+@pytest.mark.parametrize("method", ["mocov2", "simsiam"])
+def test_ddp_two_cpu_processes_equal_one_process(method, tmp_path):
+    """2 gloo processes x batch 8 against 1 process x batch 16 (same seed, same global batches):
+    the losses, the weights after the steps (so the gradients), BatchNorm statistics (GlobalBatchNorm),
+    MoCo's queue and the kNN monitor on all-gathered features agree."""
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"method={method}",
+           f"data.batch_size={SMOKE_BATCH // 2}")
+    ref = tmp_path / "ref"
+    _train(tmp_path, ref, "trainer=cpu", f"method={method}", f"data.batch_size={SMOKE_BATCH}")
+
+    a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:  # backbone, heads, BN running statistics, momentum encoder, queue
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(a[k], b[k]), k
+    steps_a, knn_a = _steps(ref)
+    steps_b, knn_b = _steps(run)
+    assert len(steps_a) == len(steps_b) == 2
+    for ra, rb in zip(steps_a, steps_b):  # DDP logs global-batch means (sync_dist)
+        for key in ("train/loss", "train/L_C", "lr/backbone"):
+            assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-4, abs=1e-6), key
+    assert knn_b == pytest.approx(knn_a, abs=1e-6), "kNN on the all-gathered features"
+    if method == "mocov2":
+        assert int(b["queue_ptr"]) == 2 * SMOKE_BATCH
+
+
+@pytest.mark.parametrize("method", ["mocov2", "simsiam"])
+def test_ddp_two_cpu_processes(method, tmp_path):
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"method={method}")
     metrics = json.loads((run / "metrics.json").read_text())
     for k in METRIC_KEYS:
         assert 0.0 <= metrics[k] <= 100.0, k

@@ -19,6 +19,7 @@ from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
 from fgssl.methods import build_method
 from fgssl.methods.mocov2 import default_queue_size
+from fgssl.nets.global_bn import convert_to_global_bn
 
 RUN_DIR_ENV = "FGSSL_RUN_DIR"
 CONFIG_NAME = "config.yaml"
@@ -110,12 +111,7 @@ def finish_logger(logger) -> None:
 def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callback]) -> pl.Trainer:
     t, e = cfg.trainer, cfg.eval
     every = e.knn_every_n_epochs
-    sync_bn = bool(t.sync_batchnorm)
-    if sync_bn and (t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())):
-        # torch's SyncBatchNorm only runs on GPUs: CPU (gloo) DDP keeps per-process BN statistics.
-        print("fgssl: trainer.sync_batchnorm is ignored on CPU (SyncBatchNorm needs GPUs); "
-              "each process uses its own BatchNorm statistics", file=sys.stderr)
-        sync_bn = False
+    sync_bn = bool(t.sync_batchnorm) and not cpu_run(cfg)  # CPU: GlobalBatchNorm, see train()
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}",
                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
                                         every_n_epochs=1, enable_version_counter=False)
@@ -134,6 +130,11 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     if t.limit_train_batches is not None:
         kw["limit_train_batches"] = t.limit_train_batches
     return pl.Trainer(**kw)
+
+
+def cpu_run(cfg: DictConfig) -> bool:
+    acc = cfg.trainer.accelerator
+    return acc == "cpu" or (acc == "auto" and not torch.cuda.is_available())
 
 
 def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
@@ -227,6 +228,9 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     method = build_method(cfg)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.trainer.sync_batchnorm and cpu_run(cfg) and trainer.world_size > 1:
+        # torch's SyncBatchNorm is GPU-only: the same global-batch statistics through gloo
+        convert_to_global_bn(method)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
     ckpt_path = None

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from fgssl.data.images import filter_bad, load_rgb, record_bad
 from fgssl.data.readers import read_split
-from fgssl.data.sampling import ResumableLoader, ResumableSampler
+from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
 from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
 
@@ -141,17 +141,24 @@ class FGVRDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world, epoch = (0, 1, 0) if trainer is None else (trainer.global_rank, trainer.world_size,
                                                                  trainer.current_epoch)
-        sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch)
+        sampler = ResumableSampler(len(self.train_set), self.cfg.batch_size, self.seed, rank, world, epoch)
 
         def batches_done() -> int:
             return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
         nw = self.cfg.num_workers
-        return ResumableLoader(self.train_set, sampler, self.cfg.batch_size, batches_done, num_workers=nw,
+        return ResumableLoader(self.train_set, sampler, batches_done, num_workers=nw,
                                pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0)
 
     def val_dataloader(self) -> List[DataLoader]:
-        return [self.memory_loader(), self.test_loader()]
+        """The online kNN monitor's memory and test sets; sharded across DDP processes (the method
+        all-gathers the features and keeps the first ``len(set)`` rows)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return [self.memory_loader(), self.test_loader()]
+        return [DataLoader(ds, batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
+                           sampler=ShardSampler(len(ds), trainer.global_rank, trainer.world_size))
+                for ds in (self.memory_set, self.test_set)]
 
     def memory_loader(self) -> DataLoader:
         return self._loader(self.memory_set, self.cfg.eval_batch_size, train=False)

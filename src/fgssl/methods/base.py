@@ -217,7 +217,8 @@ class SSLMethod(pl.LightningModule):
         for opt in opts:
             for g in opt.optimizer.param_groups if hasattr(opt, "optimizer") else opt.param_groups:
                 logs[f"lr/{g['name']}"] = torch.tensor(g["lr"])
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False)
+        # sync_dist: under DDP the logged losses are global-batch means, as with one process
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, sync_dist=True)
         self.log("loss", total.detach(), prog_bar=True, logger=False)
         return total.detach()
 
@@ -266,6 +267,8 @@ class SSLMethod(pl.LightningModule):
         """
         trainer = self.trainer
         dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "train_set"):  # loaders given directly (benchmarks)
+            return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
         n = len(dm.train_set) // (dm.cfg.batch_size * trainer.world_size)
         limit = trainer.limit_train_batches
         n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
@@ -312,12 +315,13 @@ class SSLMethod(pl.LightningModule):
         if len(self._val_feats) < 2:
             return
         parts = []
-        for idx in (0, 1):
+        dm = self.trainer.datamodule
+        for idx, ds in ((0, dm.memory_set), (1, dm.test_set)):
             f = torch.cat([t[0] for t in self._val_feats[idx]])
             y = torch.cat([t[1] for t in self._val_feats[idx]])
-            if self.trainer.world_size > 1:
-                f = self.all_gather(f).flatten(0, 1)
-                y = self.all_gather(y).flatten(0, 1)
+            if self.trainer.world_size > 1:  # contiguous shards (ShardSampler): rank order = dataset order
+                f = self.all_gather(f).flatten(0, 1)[: len(ds)]
+                y = self.all_gather(y).flatten(0, 1)[: len(ds)]
             parts.append((f, y))
         (mf, my), (tf, ty) = parts
         num_classes = int(torch.cat([my, ty]).max().item()) + 1
