@@ -87,3 +87,27 @@ def test_ddp_two_cpu_processes(method, tmp_path):
     lr = {"mocov2": 0.06, "simsiam": 0.05}[method]
     assert float(steps[0]["lr/backbone"]) == pytest.approx(0.5 * lr * 2 * SMOKE_BATCH / 256)
     assert (run / "train_ddp_process_1.log").exists(), "the second process ran in the same run directory"
+
+
+def test_multirun_with_ddp_runs_jobs_one_after_another(tmp_path):
+    """`train.py -m ... trainer=ddp`: each job starts its own 2 processes, in its own directory and
+    its own wandb run; the worker processes do not start sweeps of their own."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.precision=32-true", "debug=smoke", "logger=wandb", "logger.mode=offline",
+           "trainer.enable_progress_bar=false", "eval.knn_every_n_epochs=0", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"], jobs
+    ids = set()
+    for seed, job in enumerate(jobs):
+        assert (job / "metrics.json").is_file()
+        assert (job / "train_ddp_process_1.log").is_file(), "the job ran with 2 processes"
+        assert f"seed: {seed}" in (job / "checkpoints" / "config.yaml").read_text()
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        ids.add(runs[0].name.rsplit("-", 1)[1])
+    assert len(ids) == 2, "one wandb run per job"
+    assert not list(tmp_path.glob("multirun")) and not list(sweep.glob("*/multirun")), "no nested sweeps"

@@ -142,7 +142,7 @@ def test_ema_update_of_momentum_pairs():
 
 # ---------------------------------------------------------------------- param groups / schedule
 def _attach_stub_trainer(method, total=20, epochs=4):
-    method.trainer = SimpleNamespace(world_size=1, estimated_stepping_batches=total, max_epochs=epochs)
+    method.trainer = SimpleNamespace(world_size=1, estimated_stepping_batches=total, max_epochs=epochs, datamodule=None)
 
 
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])

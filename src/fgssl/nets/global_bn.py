@@ -9,6 +9,8 @@ order). Without an initialised process group, or with one process, it is plain B
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -28,12 +30,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.track_running_stats) or _world() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware (backward: all-reduce)
 
         dims = [0, *range(2, x.dim())]
         xf = x.float()
         count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float32, device=x.device)
-        packed = all_reduce(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
+        with warnings.catch_warnings():  # "deprecated": its replacement has no autograd support yet
+            warnings.simplefilter("ignore")
+            packed = all_reduce(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
         c = x.shape[1]
         n = packed[-1]
         mean = packed[:c] / n
