@@ -143,3 +143,42 @@ def test_wandb_continues_the_same_run_id(tmp_path, _one_thread, monkeypatch):
     assert len(runs) == 2 and all(r.endswith(run_id) for r in runs), runs
     fgssl.run.train(_smoke(data, out, "logger=wandb", "logger.mode=offline", "seed=1"))  # changed: new run
     assert (out / "wandb_run_id.txt").read_text().strip() != run_id
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tampered"])
+def test_unreadable_checkpoint_gives_one_clear_error(damage, tmp_path, capsys, _one_thread):
+    import pickle
+
+    from fgssl.errors import FgsslError
+
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    out = tmp_path / "run"
+    fgssl.run.train(_smoke(data, out))
+    last = out / "checkpoints" / "last.ckpt"
+    if damage == "truncated":  # a kill during a copy
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    else:  # an object weights_only=True refuses to build (it would run code on load)
+        obj = torch.load(last, map_location="cpu", weights_only=True)
+        obj["payload"] = pickle.Pickler  # any non-allowlisted global
+        torch.save(obj, last)
+    with pytest.raises(FgsslError, match=f"cannot resume from {last}: not a readable checkpoint"):
+        fgssl.run.train(_smoke(data, out))
+    ev = compose_cfg([f"ckpt={last}", "debug=smoke"])
+    with pytest.raises(FgsslError, match=f"ckpt={last}: not a readable fgssl checkpoint"):
+        fgssl.run.evaluate(ev)
+    fgssl.run.train(_smoke(data, out, "resume=false"))  # starts fresh, keeps the damaged file aside
+    assert len(list(tmp_path.glob("run/checkpoints.previous-*/last.ckpt"))) == 1
+
+
+def test_speed_knobs_are_config_switches():
+    from fgssl.methods import build_method
+
+    cfg = compose_cfg(["method=mocov2", "method.queue_size=64", "trainer.compile=true", "trainer.channels_last=true"])
+    m = fgssl.run.apply_speed_knobs(build_method(cfg), cfg, 1)
+    from fgssl.nets.backbones import ResNetBackbone
+
+    compiled = [mod for mod in m.modules() if isinstance(mod, ResNetBackbone) and "feature_map" in vars(mod)]
+    assert len(compiled) == 2 and all(mod.compiled for mod in compiled), "online and momentum backbones"
+    conv = next(p for p in m.backbone.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert compose_cfg(["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"

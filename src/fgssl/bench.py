@@ -279,20 +279,6 @@ def _make_timer(device: str, warmup: int, meter: MemoryMeter):
     return StepTimer()
 
 
-def compile_backbones(method) -> int:
-    """``torch.compile`` the ``feature_map`` of every backbone in ``method`` (online and momentum)."""
-    import torch
-
-    from fgssl.nets.backbones import ResNetBackbone
-
-    n = 0
-    for m in method.modules():
-        if isinstance(m, ResNetBackbone):
-            m.feature_map = torch.compile(m.feature_map)
-            n += 1
-    return n
-
-
 @contextlib.contextmanager
 def _quiet():
     """Silence Lightning's info lines and its run-of-the-mill warnings."""
@@ -331,6 +317,8 @@ def _time_training(cfg, loader, steps: int, warmup: int, device: str, meter: Mem
     method = build_method(cfg)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    from fgssl.nets.backbones import compile_backbones
+
     n_compiled = compile_backbones(method) if use_compile else 0
     timer = _make_timer(device, warmup, meter)
     callbacks: List[pl.Callback] = [timer]

@@ -184,6 +184,8 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     channels_last: bool = False
+    #: ``torch.compile`` the backbones (online and momentum encoder).
+    compile: bool = False
     #: Stop when the collapse indicator (SimSiam) stays below this for
     #: ``collapse_patience`` steps (0 = off).
     collapse_threshold: float = 1e-3

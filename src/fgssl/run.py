@@ -19,6 +19,7 @@ from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
 from fgssl.methods import build_method
 from fgssl.methods.mocov2 import default_queue_size
+from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
 
 RUN_DIR_ENV = "FGSSL_RUN_DIR"
@@ -137,6 +138,20 @@ def cpu_run(cfg: DictConfig) -> bool:
     return acc == "cpu" or (acc == "auto" and not torch.cuda.is_available())
 
 
+def apply_speed_knobs(method, cfg: DictConfig, world_size: int):
+    """channels_last, torch.compile, and CPU global BatchNorm under DDP (``trainer.*`` switches;
+    precision, e.g. ``bf16-mixed``, goes to the Trainer)."""
+    t = cfg.trainer
+    if t.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if t.sync_batchnorm and cpu_run(cfg) and world_size > 1:
+        # torch's SyncBatchNorm is GPU-only: the same global-batch statistics through gloo
+        convert_to_global_bn(method)
+    if t.compile:
+        compile_backbones(method)
+    return method
+
+
 def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
     if cfg.method.name == "mocov2" and not cfg.method.queue_size:
         cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world)
@@ -166,6 +181,19 @@ def load_run_config(ckpt: Path) -> DictConfig:
             return OmegaConf.load(cand)
     raise FgsslError(f"no {CONFIG_NAME} next to checkpoint {ckpt}; it is written by train.py in the run's "
                      f"checkpoints/ folder")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail with one clear message if ``path`` is not a loadable checkpoint (truncated by a kill
+    during a copy, tampered with, or not a checkpoint); loads with ``weights_only=True``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict) or "state_dict" not in obj:
+            raise ValueError("no 'state_dict' in it")
+    except Exception as e:  # noqa: BLE001
+        raise FgsslError(f"cannot resume from {path}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}). Move it away, or rerun with resume=false "
+                         f"(the old checkpoints are then kept in checkpoints.previous-*)") from None
 
 
 def load_checkpoint_weights(method, ckpt: Path) -> None:
@@ -226,15 +254,12 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     dm.setup()
     resolve_queue(cfg, dm.num_train, trainer.world_size)
     method = build_method(cfg)
-    if cfg.trainer.channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    if cfg.trainer.sync_batchnorm and cpu_run(cfg) and trainer.world_size > 1:
-        # torch's SyncBatchNorm is GPU-only: the same global-batch statistics through gloo
-        convert_to_global_bn(method)
+    method = apply_speed_knobs(method, cfg, trainer.world_size)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
     ckpt_path = None
     if resuming:
+        check_checkpoint(last)
         ckpt_path = str(last)
         print(f"resuming from {last}")
     elif last.exists() and trainer.is_global_zero:
@@ -249,7 +274,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         print(f"fgssl: {cfg.method.name} on {cfg.data.name} ({dm.num_train} train / {len(dm.test_samples)} test "
               f"images, {dm.num_classes} classes), {cfg.backbone.name} {cfg.data.image_size}px, "
               f"{n_params / 1e6:.1f}M trainable params, run dir {out}")
-    trainer.fit(method, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(method, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 
     metrics: Dict[str, float] = {}
     if trainer.is_global_zero:

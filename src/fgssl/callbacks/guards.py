@@ -76,11 +76,12 @@ class RngState(pl.Callback):
         random.setstate((version, tuple(internal), gauss_next))
 
 
-class StepCheckpoint(pl.Callback):
+class StepCheckpoint(pl.callbacks.Checkpoint):
     """Rewrites ``last.ckpt`` every ``every_n_steps`` optimizer steps (Lightning's ``global_step``),
     so a kill in the middle of a long epoch costs at most that many steps. The file is written
     beside the old one and renamed over it: a kill during the write never leaves a truncated
-    ``last.ckpt``. Epoch-end checkpoints stay with Lightning's ``ModelCheckpoint``."""
+    ``last.ckpt``. Epoch-end checkpoints stay with Lightning's ``ModelCheckpoint``. A ``Checkpoint``
+    subclass, so Lightning runs it after the guards: a step that trips a guard is never saved."""
 
     def __init__(self, dirpath: str, every_n_steps: int):
         self.dirpath = dirpath

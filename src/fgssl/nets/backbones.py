@@ -97,3 +97,15 @@ def build_backbone(name: str, stem: str = "imagenet", weights: Optional[str] = N
     if weights:
         load_local_weights(net, weights)
     return net
+
+
+def compile_backbones(method: nn.Module) -> int:
+    """``torch.compile`` the ``feature_map`` of every backbone in ``method`` (online and momentum);
+    returns how many. Heads, losses and the SYN/LCR modules stay eager (small, shape-varying)."""
+    n = 0
+    for m in method.modules():
+        if isinstance(m, ResNetBackbone) and not getattr(m, "compiled", False):
+            m.feature_map = torch.compile(m.feature_map)
+            m.compiled = True
+            n += 1
+    return n
