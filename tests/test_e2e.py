@@ -157,3 +157,39 @@ def test_cli_simsiam_imagefolder_wandb_offline(datasets, tmp_path):
     assert runs, f"no offline wandb run under {run / 'wandb'}: {list(run.rglob('*'))[:20]}"
     assert any(runs[0].rglob("*.wandb")), "the offline run holds its log file"
     assert "test/retrieval_map" in r.stdout
+
+
+@pytest.mark.filterwarnings("ignore:skipping bad image")
+@pytest.mark.parametrize("verify", [True, False])
+def test_few_corrupt_files_among_thousands_train_to_the_end(verify, tmp_path, capsys):
+    """2,000 training images, 3 of them broken in different ways: a full epoch trains, and the end of
+    the run names the broken files (found by the setup check, or while loading when it is off)."""
+    from PIL import Image
+
+    root = tmp_path / "big"
+    noise = Image.effect_noise((12, 12), 64).convert("RGB")
+    for split, per_class in (("train", 500), ("test", 8)):
+        for c in range(4):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                noise.rotate(7 * i + 90 * c).save(d / f"{i:04d}.jpg", quality=70)
+    broken = [root / "train" / "class_0" / "0007.jpg", root / "train" / "class_2" / "0123.jpg",
+              root / "train" / "class_3" / "0499.jpg"]
+    broken[0].write_bytes(b"")                                        # zero bytes
+    broken[1].write_bytes(broken[1].read_bytes()[:40])                # truncated after the header
+    broken[2].write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 20)   # garbage behind a JPEG magic
+    out = tmp_path / "run"
+    cfg = compose_cfg(["method=simsiam", "data=imagefolder", f"data.root={root}", "debug=smoke",
+                       "trainer.limit_train_batches=null", "data.batch_size=250", "data.image_size=16",
+                       f"data.verify_images={str(verify).lower()}", "eval.knn_every_n_epochs=0",
+                       "trainer.enable_progress_bar=false"], out)
+    metrics = fgssl.run.train(cfg)
+    assert metrics and (out / "metrics.json").is_file()
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == (7 if verify else 8), "a whole epoch of 1,997 (or 2,000) images, batch 250"
+    listed = {line.split("\t")[0] for line in (out / "bad_images.txt").read_text().splitlines()}
+    err = capsys.readouterr().err
+    assert f"{len(listed)} bad image(s) were skipped" in err
+    for p in broken:
+        assert str(p) in listed and str(p) in err, p

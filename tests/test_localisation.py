@@ -92,7 +92,8 @@ def _cub_with_known_boxes(tmp_path):
 
 
 def _setup(fx, *overrides):
-    cfg = compose_cfg(fx.overrides() + ["debug=smoke", "data.num_workers=0", "data.image_size=32", "data.batch_size=4", *overrides])
+    cfg = compose_cfg(fx.overrides() + ["debug=smoke", "data.num_workers=0", "data.image_size=32",
+                                        "data.batch_size=4", *overrides])
     dm = FGVRDataModule(cfg.data, cfg.eval, None)
     dm.setup()
     resolve_queue(cfg, dm.num_train, 1)

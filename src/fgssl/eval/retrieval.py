@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 LEVELS = 4096  # histogram levels per row, spread between its lowest match and its maximum
 
 
