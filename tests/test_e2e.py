@@ -160,7 +160,7 @@ def test_cli_simsiam_imagefolder_wandb_offline(datasets, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:skipping bad image")
-@pytest.mark.parametrize("verify", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: also in test_train_smoke
+@pytest.mark.parametrize("verify", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: the default path
 def test_few_corrupt_files_among_thousands_train_to_the_end(verify, tmp_path, capsys):
     """2,000 training images, 3 of them broken in different ways: a full epoch trains, and the end of
     the run names the broken files (found by the setup check, or while loading when it is off)."""
