@@ -129,6 +129,7 @@ def test_train_smoke_then_evaluate(method, kind, datasets, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == saved, "evaluate must not overwrite training metrics"
 
 
+@pytest.mark.filterwarnings("ignore:skipping bad image")
 def test_evaluate_random_init(datasets, tmp_path):
     fx = datasets["imagefolder"]
     cfg = compose_cfg(["ckpt=random", *fx.overrides(), "method=simsiam", "debug=smoke",
