@@ -241,6 +241,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         os.environ[RUN_DIR_ENV] = str(out)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # config.yaml is saved there first
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
