@@ -183,28 +183,31 @@ def load_run_config(ckpt: Path) -> DictConfig:
                      f"checkpoints/ folder")
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail with one clear message if ``path`` is not a loadable checkpoint (truncated by a kill
-    during a copy, tampered with, or not a checkpoint); loads with ``weights_only=True``."""
+def read_checkpoint(path: Path, what: str) -> dict:
+    """A Lightning checkpoint's dict, loaded with ``weights_only=True``; anything unreadable (truncated
+    by a kill during a copy, tampered with, not a checkpoint) is one :class:`FgsslError` starting with
+    ``what``."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict) or "state_dict" not in obj:
             raise ValueError("no 'state_dict' in it")
     except Exception as e:  # noqa: BLE001
-        raise FgsslError(f"cannot resume from {path}: not a readable checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}). Move it away, or rerun with resume=false "
-                         f"(the old checkpoints are then kept in checkpoints.previous-*)") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise FgsslError(f"{what} ({type(e).__name__}: {first})") from None
+    return obj
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail before Lightning's restore, with a way out, if the checkpoint to resume from is unreadable."""
+    read_checkpoint(path, f"cannot resume from {path}: not a readable checkpoint. Move it away, or rerun "
+                          f"with resume=false (the old checkpoints are then kept in checkpoints.previous-*)")
 
 
 def load_checkpoint_weights(method, ckpt: Path) -> None:
     """Load the ``state_dict`` of a Lightning checkpoint strictly, with weights_only=True."""
     if not ckpt.is_file():
         raise FgsslError(f"ckpt={ckpt}: file not found")
-    try:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-        state = obj["state_dict"]
-    except Exception as e:  # noqa: BLE001
-        raise FgsslError(f"ckpt={ckpt}: not a readable fgssl checkpoint ({type(e).__name__}: {e})") from None
+    state = read_checkpoint(ckpt, f"ckpt={ckpt}: not a readable fgssl checkpoint")["state_dict"]
     own = method.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
