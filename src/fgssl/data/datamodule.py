@@ -131,10 +131,10 @@ class FGVRDataModule(pl.LightningDataModule):
     def num_train(self) -> int:
         return len(self.train_samples)
 
-    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        nw = self.cfg.num_workers
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=nw,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0 and train)
+    def _eval_loader(self, ds, sampler: Optional[ShardSampler] = None) -> DataLoader:
+        """Fixed-order loader over an evaluation set (one process's shard of it with ``sampler``)."""
+        return DataLoader(ds, batch_size=self.cfg.eval_batch_size, sampler=sampler,
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         """Seeded, sharded, resumable two-view loader (see :mod:`fgssl.data.sampling`)."""
@@ -156,12 +156,11 @@ class FGVRDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
             return [self.memory_loader(), self.test_loader()]
-        return [DataLoader(ds, batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
-                           sampler=ShardSampler(len(ds), trainer.global_rank, trainer.world_size))
+        return [self._eval_loader(ds, ShardSampler(len(ds), trainer.global_rank, trainer.world_size))
                 for ds in (self.memory_set, self.test_set)]
 
     def memory_loader(self) -> DataLoader:
-        return self._loader(self.memory_set, self.cfg.eval_batch_size, train=False)
+        return self._eval_loader(self.memory_set)
 
     def test_loader(self) -> DataLoader:
-        return self._loader(self.test_set, self.cfg.eval_batch_size, train=False)
+        return self._eval_loader(self.test_set)

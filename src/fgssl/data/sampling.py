@@ -24,9 +24,18 @@ from torch.utils.data import DataLoader, Sampler
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: decorrelates (seed, epoch) streams
 
 
+def _epoch_key(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (1 << 63)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of ``index`` in ``epoch`` (a 63-bit integer)."""
-    return ((seed * 1_000_003 + epoch) * _MIX + index * 0xBF58476D1CE4E5B9) % (1 << 63)
+    return (_epoch_key(seed, epoch) * _MIX + index * 0xBF58476D1CE4E5B9) % (1 << 63)
+
+
+def global_batches(n: int, batch_size: int, world_size: int) -> int:
+    """Full global batches of ``batch_size x world_size`` in ``n`` images (the tail is dropped)."""
+    return n // (batch_size * world_size)
 
 
 class ResumableSampler(Sampler[Tuple[int, int]]):
@@ -44,13 +53,13 @@ class ResumableSampler(Sampler[Tuple[int, int]]):
 
     @property
     def num_batches(self) -> int:
-        return self.n // (self.batch_size * self.world_size)
+        return global_batches(self.n, self.batch_size, self.world_size)
 
     def __len__(self) -> int:
         return self.num_batches * self.batch_size
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (1 << 63))
+        g = torch.Generator().manual_seed(_epoch_key(self.seed, epoch))
         return torch.randperm(self.n, generator=g)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:

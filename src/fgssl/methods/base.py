@@ -269,7 +269,9 @@ class SSLMethod(pl.LightningModule):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "train_set"):  # loaders given directly (benchmarks)
             return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
-        n = len(dm.train_set) // (dm.cfg.batch_size * trainer.world_size)
+        from fgssl.data.sampling import global_batches
+
+        n = global_batches(len(dm.train_set), dm.cfg.batch_size, trainer.world_size)
         limit = trainer.limit_train_batches
         n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
         return max(1, n)
