@@ -92,6 +92,8 @@ def test_train_smoke_then_evaluate(method, kind, datasets, tmp_path, capsys):
     ckdir = out / "checkpoints"
     last = ckdir / "last.ckpt"
     assert last.is_file()
+    # by default one checkpoint per run (trainer.keep_every_n_epochs=0): no duplicate epochNNN.ckpt
+    assert sorted(p.name for p in ckdir.iterdir()) == ["config.yaml", "last.ckpt"]
     text = (ckdir / "config.yaml").read_text()
     assert "${" not in text, "the saved config is resolved"
     run_cfg = OmegaConf.load(ckdir / "config.yaml")

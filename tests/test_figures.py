@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def smoke_runs(tmp_path_factory):
         ckpts[name] = out / "checkpoints" / "last.ckpt"
     yield ckpts, sweep, base
     next(gen, None)
+    shutil.rmtree(base, ignore_errors=True)  # four checkpoints: free the disk once the module is done
 
 
 def test_make_figures_writes_every_figure(smoke_runs, tmp_path):

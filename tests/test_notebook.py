@@ -8,8 +8,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_notebook_executes(monkeypatch):
+def test_quickstart_notebook_executes(monkeypatch, tmp_path):
     monkeypatch.setenv("FGSSL_ROOT", str(ROOT))
+    monkeypatch.setenv("FGSSL_NB_OUT", str(tmp_path))  # the kernel inherits it: nothing lands outside tmp_path
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -19,3 +20,4 @@ def test_quickstart_notebook_executes(monkeypatch):
     assert len(images) >= 2
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "trained mAP" in text and "untrained mAP" in text
+    assert (tmp_path / "base" / "checkpoints" / "last.ckpt").is_file()  # it wrote where it was told

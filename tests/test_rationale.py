@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -238,7 +239,9 @@ def _train(tiny_ds, out: Path, *extra):
 
 @pytest.fixture(scope="module")
 def mocov2_lcr_run(tiny_ds, tmp_path_factory):
-    return _train(tiny_ds, tmp_path_factory.mktemp("mocolcr") / "run", "method=mocov2")
+    base = tmp_path_factory.mktemp("mocolcr")
+    yield _train(tiny_ds, base / "run", "method=mocov2")
+    shutil.rmtree(base, ignore_errors=True)  # free the checkpoint's disk once the module is done
 
 
 def test_smoke_mocov2_lcr(mocov2_lcr_run):

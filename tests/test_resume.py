@@ -15,6 +15,7 @@ import torch
 
 import fgssl.run
 from conftest import ROOT, compose_cfg, make_imagefolder
+from fgssl.errors import FgsslError
 from fixtures import one_torch_thread
 
 # 48 images, batch 8: 6 steps per epoch, 2 epochs; a checkpoint every 2 SGD steps (SYN's decoder
@@ -128,6 +129,21 @@ def test_changed_config_starts_fresh_and_keeps_old_checkpoints(tmp_path, capsys,
     old = torch.load(kept[0] / "last.ckpt", map_location="cpu", weights_only=True)
     assert old["global_step"] == first["global_step"]
     assert fgssl.run.same_run_config(out / "checkpoints" / "config.yaml", _smoke(data, out, "method.lr=0.01"))
+
+
+def test_keep_every_n_epochs_keeps_epoch_checkpoints(tmp_path, _one_thread):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    out = tmp_path / "run"
+    fgssl.run.train(_smoke(data, out, "trainer.max_epochs=3", "trainer.limit_train_batches=1",
+                           "trainer.keep_every_n_epochs=2", "eval.knn_every_n_epochs=2"))
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert names == ["epoch001.ckpt", "last.ckpt"]  # epochs 0, 1, 2: the second one is kept
+    # last.ckpt follows every epoch end, also epoch 2 which has no validation (kNN every 2 epochs)
+    kept = torch.load(out / "checkpoints" / "epoch001.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (kept["epoch"], kept["global_step"]) == (1, 2) and (last["epoch"], last["global_step"]) == (2, 3)
+    with pytest.raises(FgsslError, match="trainer.keep_every_n_epochs=-1"):
+        fgssl.run.train(_smoke(data, tmp_path / "bad", "trainer.keep_every_n_epochs=-1"))
 
 
 def test_wandb_continues_the_same_run_id(tmp_path, _one_thread, monkeypatch):

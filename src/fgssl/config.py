@@ -178,6 +178,8 @@ class TrainerConfig:
     precision: str = "32-true"
     max_epochs: int = 6
     sync_batchnorm: bool = False
+    #: Train on at most this many batches per epoch (a whole number >= 1, so 1 = one batch), or on
+    #: this fraction of the epoch (< 1); null = the whole epoch.
     limit_train_batches: Optional[float] = None
     log_every_n_steps: int = 10
     gradient_clip_val: Optional[float] = None
@@ -193,6 +195,9 @@ class TrainerConfig:
     #: Also rewrite ``checkpoints/last.ckpt`` every N optimizer steps (Lightning's global step),
     #: so a kill in the middle of a long epoch costs at most N steps; 0 = epoch ends only.
     ckpt_every_n_steps: int = 500
+    #: Also keep ``checkpoints/epochNNN.ckpt`` every N epochs (0 = keep only ``last.ckpt``: a
+    #: ResNet-18 MoCo v2 checkpoint is ~150 MB, a ResNet-50 one ~700 MB).
+    keep_every_n_epochs: int = 0
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fgssl.callbacks.guards import CollapseGuard, RngState, StepCheckpoint
+from fgssl.callbacks.guards import CollapseGuard, LastCheckpoint, RngState
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
@@ -113,12 +113,16 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     t, e = cfg.trainer, cfg.eval
     every = e.knn_every_n_epochs
     sync_bn = bool(t.sync_batchnorm) and not cpu_run(cfg)  # CPU: GlobalBatchNorm, see train()
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}",
-                                        auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                                        every_n_epochs=1, enable_version_counter=False)
-    ckpts = [ckpt]
-    if t.ckpt_every_n_steps > 0:  # mid-epoch checkpoints: a kill costs at most this many steps
-        ckpts.append(StepCheckpoint(str(out / "checkpoints"), t.ckpt_every_n_steps))
+    keep = int(t.keep_every_n_epochs)
+    if keep < 0:
+        raise FgsslError(f"trainer.keep_every_n_epochs={keep} must be >= 0 (0 = keep only last.ckpt)")
+    # last.ckpt: every epoch end and every ckpt_every_n_steps steps (a kill costs at most that many)
+    ckpts: List[pl.Callback] = [LastCheckpoint(str(out / "checkpoints"), max(0, int(t.ckpt_every_n_steps)))]
+    if keep:  # epochNNN.ckpt every `keep` epochs, all kept
+        ckpts.append(pl.callbacks.ModelCheckpoint(
+            dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+            save_last=False, save_top_k=-1, every_n_epochs=keep, save_on_train_epoch_end=True,
+            enable_version_counter=False))
     kw = dict(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=sync_bn,
@@ -129,7 +133,12 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:
-        kw["limit_train_batches"] = t.limit_train_batches
+        limit = float(t.limit_train_batches)
+        if limit <= 0:
+            raise FgsslError(f"trainer.limit_train_batches={t.limit_train_batches} must be > 0 "
+                             "(a number of batches >= 1, or a fraction of the epoch < 1)")
+        # the schema stores a float; Lightning would read 1.0 as "100 %", we read it as "one batch"
+        kw["limit_train_batches"] = int(limit) if limit >= 1 and limit.is_integer() else limit
     return pl.Trainer(**kw)
 
 

@@ -76,25 +76,35 @@ class RngState(pl.Callback):
         random.setstate((version, tuple(internal), gauss_next))
 
 
-class StepCheckpoint(pl.callbacks.Checkpoint):
-    """Rewrites ``last.ckpt`` every ``every_n_steps`` optimizer steps (Lightning's ``global_step``),
-    so a kill in the middle of a long epoch costs at most that many steps. The file is written
-    beside the old one and renamed over it: a kill during the write never leaves a truncated
-    ``last.ckpt``. Epoch-end checkpoints stay with Lightning's ``ModelCheckpoint``. A ``Checkpoint``
-    subclass, so Lightning runs it after the guards: a step that trips a guard is never saved."""
+class LastCheckpoint(pl.callbacks.Checkpoint):
+    """Owns ``checkpoints/last.ckpt``, the file a rerun resumes from.
 
-    def __init__(self, dirpath: str, every_n_steps: int):
+    It is rewritten at every training-epoch end (after that epoch's validation, if any) and, with
+    ``every_n_steps > 0``, every ``every_n_steps`` optimizer steps (Lightning's ``global_step``), so
+    a kill in the middle of a long epoch costs at most that many steps. Each write goes to a file
+    beside the old one that is then renamed over it: a kill during a write never leaves a truncated
+    ``last.ckpt``. Lightning's ``ModelCheckpoint`` is only added when ``epochNNN.ckpt`` files are
+    to be kept (``trainer.keep_every_n_epochs``). A ``Checkpoint`` subclass, so Lightning runs it
+    after the guards: a step that trips a guard is never saved."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 0):
         self.dirpath = dirpath
         self.every_n_steps = every_n_steps
         self._last_saved = -1
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps <= 0 or step == self._last_saved or step % self.every_n_steps:
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step == self._last_saved or trainer.sanity_checking:
             return
-        self._last_saved = step
+        self._last_saved = trainer.global_step
         last = os.path.join(self.dirpath, "last.ckpt")
         tmp = os.path.join(self.dirpath, ".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes, then a barrier
         if trainer.is_global_zero:
             os.replace(tmp, last)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
