@@ -146,6 +146,17 @@ def test_keep_every_n_epochs_keeps_epoch_checkpoints(tmp_path, _one_thread):
         fgssl.run.train(_smoke(data, tmp_path / "bad", "trainer.keep_every_n_epochs=-1"))
 
 
+def test_epoch_end_is_saved_even_when_a_step_save_fell_on_its_last_step(tmp_path, _one_thread):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    out = tmp_path / "run"
+    fgssl.run.train(_smoke(data, out, "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+                           "trainer.ckpt_every_n_steps=1", "eval.knn_every_n_epochs=0", "eval.at_end=false"))
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    epochs = last["loops"]["fit_loop"]["epoch_progress"]["current"]
+    # the step-1 save of epoch 1 is followed by its epoch-end save: the second epoch is recorded as processed
+    assert (last["epoch"], last["global_step"], epochs["processed"]) == (1, 2, 2)
+
+
 def test_wandb_continues_the_same_run_id(tmp_path, _one_thread, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)

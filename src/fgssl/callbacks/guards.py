@@ -93,18 +93,18 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self._last_saved = -1
 
     def _save(self, trainer: pl.Trainer) -> None:
-        if trainer.global_step == self._last_saved or trainer.sanity_checking:
-            return
         self._last_saved = trainer.global_step
         last = os.path.join(self.dirpath, "last.ckpt")
         tmp = os.path.join(self.dirpath, ".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes, then a barrier
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, last)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_saved:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # always: a mid-epoch save at the epoch's last step does not record the finished epoch
         self._save(trainer)
