@@ -28,6 +28,7 @@ What SYN does outside its loss (``fgssl/fgvr/synthesis.py`` holds the equations)
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -37,6 +38,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
 
@@ -56,6 +58,24 @@ def save_pairs_grid(x: Tensor, rec: Tensor, pert: Tensor, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, str(path))
     return path
+
+
+def one_off_loader(loader):
+    """A loader over the same batches as ``loader`` that shares no iterator with it.
+
+    With ``persistent_workers``, iterating the training loader itself would reset the worker
+    iterator that Lightning already started for epoch 0, so that epoch would not get the batches an
+    identical run without the warm start gets. The copy has its own sampler (same seed and epoch:
+    the same batches and, with per-sample augmentation seeds, the same images) and its own
+    generator, and no persistent workers."""
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:  # a custom batch_sampler: as is
+        return loader
+    sampler = copy.copy(loader.sampler)
+    if hasattr(sampler, "skip"):
+        sampler.skip = 0
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn, generator=torch.Generator().manual_seed(0))
 
 
 class SynthesisCallback(pl.Callback):
@@ -85,7 +105,7 @@ class SynthesisCallback(pl.Callback):
         limit = limit if isinstance(limit, int) or (isinstance(limit, float) and math.isfinite(limit)) else None
         if c.warm_start_batches:
             limit = min(int(c.warm_start_batches), limit) if limit is not None else int(c.warm_start_batches)
-        self.warm_start(pl_module, loader, limit, trainer.precision_plugin.forward_context())
+        self.warm_start(pl_module, one_off_loader(loader), limit, trainer.precision_plugin.forward_context())
 
     @torch.no_grad()
     def warm_start(self, method, loader, max_batches: Optional[int] = None, context=None) -> int:
