@@ -395,3 +395,26 @@ def test_smoke_train_with_syn(tiny_ds, tmp_path, name):
     assert (out / "figures" / "syn_pairs_epoch000.png").stat().st_size > 500
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert int(state["regularizers.0.stats.num_updates"]) >= 2  # warm start + training steps
+
+
+def test_syn_with_zero_weights_trains_exactly_like_the_base_run(tmp_path):
+    """A whole run, not one step: with alpha = nu = 0 and persistent data-loader workers, SYN (its
+    warm-start pass included) must train on the same batches as the base method and end with the
+    same weights. The warm start once iterated the training loader itself, which reset the worker
+    iterator Lightning had started, and epoch 0 of every SYN run got no batches."""
+    from fgssl.run import train
+
+    data = make_imagefolder(tmp_path / "ds", classes=3, per_class=8, test_per_class=1)  # 24 images: 3 batches
+    states = {}
+    for name, extra in {"base": ["synthesis=none"],
+                        "syn": ["synthesis=syn", "synthesis.alpha=0", "synthesis.nu=0"]}.items():
+        out = tmp_path / name
+        train(compose_cfg(["method=mocov2", "data=imagefolder", f"data.root={data}", "data.num_workers=2",
+                           "data.batch_size=8", "data.image_size=32", "trainer.max_epochs=2", "eval.at_end=false",
+                           "eval.knn_every_n_epochs=0", "logger=none", "trainer.enable_progress_bar=false", *extra],
+                          out))
+        states[name] = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    base, syn = states["base"], states["syn"]
+    assert syn["global_step"] == base["global_step"] == 6  # 2 epochs x 3 batches in both runs
+    for k, v in base["state_dict"].items():  # online and momentum encoders, heads, queue
+        torch.testing.assert_close(syn["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
