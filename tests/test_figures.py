@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 import fgssl.run
@@ -88,3 +89,21 @@ def test_figures_errors_name_the_problem(smoke_runs, tmp_path):
         collect_sweep(str(tmp_path / "missing"))
     with pytest.raises(FgsslError, match="no SYN jobs"):
         collect_sweep(str(base / "lcr"))
+
+
+def test_collect_sweep_keeps_methods_apart(smoke_runs, tmp_path):
+    _, sweep, _ = smoke_runs
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sweep, mixed, ignore=shutil.ignore_patterns("*.ckpt"))
+    other = mixed / "base"  # the same job, relabelled as a SimSiam job with another score
+    cfg = OmegaConf.load(other / "checkpoints" / "config.yaml")
+    cfg.method.name = "simsiam"
+    OmegaConf.save(cfg, other / "checkpoints" / "config.yaml")
+    (other / "metrics.json").write_text(json.dumps({"test/linear_top1": 123.0}))
+    with pytest.raises(FgsslError, match=r"several methods \(mocov2, simsiam\).*figures.sweep_method"):
+        collect_sweep(str(mixed))
+    moco = collect_sweep(str(mixed), method="mocov2")
+    assert "base" not in moco and set(moco) == {"alpha", "full"}
+    with pytest.raises(FgsslError, match="no SYN jobs .* for method simsiam"):
+        collect_sweep(str(mixed), method="simsiam")  # only its base job is there
+

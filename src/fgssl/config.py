@@ -251,6 +251,8 @@ class FiguresConfig:
     compare: List[str] = field(default_factory=list)
     #: A multirun directory of an alpha sweep (experiment=syn_alpha_sweep) for Fig. 5.
     sweep_dir: Optional[str] = None
+    #: The SSL method whose jobs the alpha sweep plots, when ``sweep_dir`` holds several.
+    sweep_method: Optional[str] = None
     #: Where the PNGs go; default ``<run dir>/figures`` (or the sweep dir).
     out_dir: Optional[str] = None
     num_images: int = 8

@@ -168,17 +168,23 @@ class _RawZ:
         return self.method.encode(x)[1]
 
 
-def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1") -> Dict[str, Dict[float, List[float]]]:
-    """{'alpha': {alpha: [values]}, 'base': {0: [...]}, 'full': {alpha: [...]}} from a multirun dir."""
+def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1",
+                  method: Optional[str] = None) -> Dict[str, Dict[float, List[float]]]:
+    """{'alpha': {alpha: [values]}, 'base': {0: [...]}, 'full': {alpha: [...]}} from a multirun dir,
+    for the jobs of one SSL method (``method``, needed when the directory holds several)."""
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
         raise FgsslError(f"figures.sweep_dir not found: {root}")
     out: Dict[str, Dict[float, List[float]]] = defaultdict(lambda: defaultdict(list))
+    seen = set()
     for mfile in sorted(root.rglob("metrics.json")):
         cfile = mfile.parent / "checkpoints" / "config.yaml"
         if not cfile.exists():
             continue
         cfg = OmegaConf.load(cfile)
+        seen.add(cfg.method.name)
+        if method is not None and cfg.method.name != method:
+            continue
         val = json.loads(mfile.read_text()).get(metric)
         if val is None:
             continue
@@ -188,13 +194,17 @@ def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1") -> Dict[str,
             out["alpha"][float(cfg.synthesis.alpha)].append(val)
         else:
             out["full"][float(cfg.synthesis.alpha)].append(val)
+    if method is None and len(seen) > 1:
+        raise FgsslError(f"figures.sweep_dir={root} holds jobs of several methods ({', '.join(sorted(seen))}): "
+                         f"choose one with figures.sweep_method=")
     if not out["alpha"] and not out["full"]:
-        raise FgsslError(f"no SYN jobs with metrics.json found under {root}")
+        raise FgsslError(f"no SYN jobs with metrics.json found under {root}"
+                         + (f" for method {method}" if method else ""))
     return out
 
 
-def fig_alpha_sweep(sweep_dir: str, metric: str = "test/linear_top1") -> plt.Figure:
-    data = collect_sweep(sweep_dir, metric)
+def fig_alpha_sweep(sweep_dir: str, metric: str = "test/linear_top1", method: Optional[str] = None) -> plt.Figure:
+    data = collect_sweep(sweep_dir, metric, method)
     fig, ax = plt.subplots(figsize=(5, 3.2))
 
     def stats(vals):
@@ -242,7 +252,7 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
                 break
         figs["variance"] = fig_variance(method, dm, device)
     if f.sweep_dir:
-        figs["alpha_sweep"] = fig_alpha_sweep(f.sweep_dir)
+        figs["alpha_sweep"] = fig_alpha_sweep(f.sweep_dir, method=f.sweep_method)
     paths = {}
     for name, fig in figs.items():
         p = out_dir / f"{name}.png"
