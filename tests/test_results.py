@@ -24,7 +24,7 @@ def make_job(root: Path, num: int, overrides, metrics=None, seed=None, broken: s
     if broken == "truncated":
         (d / "metrics.json").write_text('{"test/retrieval_map": 1')
     elif metrics is not None:
-        payload = dict(metrics, run_dir=str(d), epochs=2, global_step=10)
+        payload = dict(metrics, run_dir=str(d), epochs=2, steps=10)
         (d / "metrics.json").write_text(json.dumps(payload))
         (d / "wandb").mkdir()  # a job's sub-folders are not jobs
     return d
@@ -66,7 +66,7 @@ def test_grouping_means_and_stds(sweep: Path):
     vals = [j.metrics["test/retrieval_map"] for j in g.jobs]
     assert results.mean_std(vals) == pytest.approx((12.0, statistics.stdev([10.0, 12.0, 14.0])))
     assert res["metrics"][:3] == ["test/retrieval_rank1", "test/retrieval_map", "test/knn_top1"]
-    assert res["metrics"][-2:] == ["epochs", "global_step"]
+    assert res["metrics"][-2:] == ["epochs", "steps"]
     assert "run_dir" not in res["metrics"]
     assert set(res["varying"]) == {"method", "synthesis.alpha"}
 

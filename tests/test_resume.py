@@ -18,8 +18,8 @@ from conftest import ROOT, compose_cfg, make_imagefolder
 from fgssl.errors import FgsslError
 from fixtures import one_torch_thread
 
-# 48 images, batch 8: 6 steps per epoch, 2 epochs; a checkpoint every 2 SGD steps (SYN's decoder
-# has its own Adam optimizer, so Lightning's global step counts 2 per batch: every 4 global steps)
+# 48 images, batch 8: 6 steps per epoch, 2 epochs; a checkpoint every 4 training steps (SYN's decoder
+# has its own Adam optimizer, so Lightning's global step counts 2 per batch; ckpt_every_n_steps does not)
 KILL_AT_BATCH = 9  # the 3rd batch of epoch 2: the last checkpoint on disk is after batch 8
 TOLERANCE = dict(atol=1e-5, rtol=1e-4)  # weights; CPU kernels are deterministic at 1 thread
 
@@ -77,6 +77,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert not (run / "metrics.json").exists()
     on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert on_disk["global_step"] == 16, "the step checkpoint after batch 8 (2 optimizers x 8)"
+    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 8  # training steps
     assert on_disk["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1, "mid epoch 2"
 
     resumed = _train(_overrides(data, run), env)
@@ -86,6 +87,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 24
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 12  # training steps, not optimizer steps
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for k, va in a["state_dict"].items():  # backbone, heads, momentum encoder, queue, SYN statistics
         vb = b["state_dict"][k]

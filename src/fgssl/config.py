@@ -192,7 +192,8 @@ class TrainerConfig:
     #: ``collapse_patience`` steps (0 = off).
     collapse_threshold: float = 1e-3
     collapse_patience: int = 50
-    #: Also rewrite ``checkpoints/last.ckpt`` every N optimizer steps (Lightning's global step),
+    #: Also rewrite ``checkpoints/last.ckpt`` every N training steps (batches, whatever the number
+    #: of optimizers),
     #: so a kill in the middle of a long epoch costs at most N steps; 0 = epoch ends only.
     ckpt_every_n_steps: int = 500
     #: Also keep ``checkpoints/epochNNN.ckpt`` every N epochs (0 = keep only ``last.ckpt``: a

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 HEADLINE = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
             "test/knn_top1")
 #: Bookkeeping numbers of metrics.json, shown last.
-TRAILING = ("epochs", "global_step")
+TRAILING = ("epochs", "steps", "global_step")
 DEFAULT_IGNORE = ("seed",)
 
 

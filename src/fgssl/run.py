@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fgssl.callbacks.guards import CollapseGuard, LastCheckpoint, RngState
+from fgssl.callbacks.guards import CollapseGuard, LastCheckpoint, RngState, train_steps
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
@@ -294,9 +294,9 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         if cfg.eval.at_end:
             metrics = run_evaluation(method, dm, cfg, device_of(cfg), progress=cfg.trainer.enable_progress_bar)
             write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch,
-                                         "global_step": trainer.global_step})
+                                         "steps": train_steps(trainer)})
             if logger:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=train_steps(trainer))
             print(format_table(metrics, f"{cfg.name}: {cfg.method.name} / {cfg.data.name}"))
             print(f"metrics written to {out / 'metrics.json'}")
         report_bad_images(out)

@@ -23,6 +23,14 @@ import torch
 from fgssl.errors import FgsslError
 
 
+def train_steps(trainer: pl.Trainer) -> int:
+    """Training steps (batches trained) so far, the current one included once its step is done.
+    Lightning's ``global_step`` counts every optimizer's step, so it runs twice as fast when a
+    regularizer brings its own optimizer (SYN's decoder uses Adam). The count is Lightning's batch
+    progress, which checkpoints save and a resume restores."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
+
 class CollapseGuard(pl.Callback):
     def __init__(self, threshold: float, patience: int, key: str = "train/collapse_std"):
         self.threshold = threshold
@@ -44,7 +52,7 @@ class CollapseGuard(pl.Callback):
         self.low_steps = self.low_steps + 1 if value < self.threshold else 0
         if self.low_steps >= self.patience:
             raise FgsslError(
-                f"collapse detected at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                f"collapse detected at step {train_steps(trainer)} (epoch {trainer.current_epoch}): "
                 f"{self.key}={value:.2e} < {self.threshold:g} for {self.patience} steps "
                 f"(healthy is about 1/sqrt(d)); the last good checkpoint is kept in "
                 f"{trainer.default_root_dir}/checkpoints"
@@ -80,7 +88,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     """Owns ``checkpoints/last.ckpt``, the file a rerun resumes from.
 
     It is rewritten at every training-epoch end (after that epoch's validation, if any) and, with
-    ``every_n_steps > 0``, every ``every_n_steps`` optimizer steps (Lightning's ``global_step``), so
+    ``every_n_steps > 0``, every ``every_n_steps`` training steps (:func:`train_steps`), so
     a kill in the middle of a long epoch costs at most that many steps. Each write goes to a file
     beside the old one that is then renamed over it: a kill during a write never leaves a truncated
     ``last.ckpt``. Lightning's ``ModelCheckpoint`` is only added when ``epochNNN.ckpt`` files are
@@ -93,7 +101,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self._last_saved = -1
 
     def _save(self, trainer: pl.Trainer) -> None:
-        self._last_saved = trainer.global_step
+        self._last_saved = train_steps(trainer)
         last = os.path.join(self.dirpath, "last.ckpt")
         tmp = os.path.join(self.dirpath, ".last.ckpt.tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # full state; every rank calls it, rank 0 writes
@@ -101,7 +109,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
             os.replace(tmp, last)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
+        step = train_steps(trainer)
         if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_saved:
             self._save(trainer)
 

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from fgssl.callbacks.guards import train_steps
+
 
 def eval_images(trainer: pl.Trainer, n: int) -> Optional[Tensor]:
     """``n`` evenly spaced eval-transformed images of the test set (train-eval set as fallback)."""
@@ -38,6 +40,6 @@ def log_png(trainer: pl.Trainer, key: str, path: Path, caption: Optional[List[st
         if isinstance(lg, pl.loggers.WandbLogger):
             try:
                 kw = {"caption": caption} if caption else {}
-                lg.log_image(key=key, images=[str(path)], step=trainer.global_step, **kw)
+                lg.log_image(key=key, images=[str(path)], step=train_steps(trainer), **kw)
             except Exception as e:  # noqa: BLE001 - a figure must never stop training
                 warnings.warn(f"could not log {path.name} to wandb: {e}", stacklevel=1)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from fgssl.callbacks.guards import train_steps
 from fgssl.errors import ConfigError
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.nets.backbones import build_backbone
@@ -137,6 +138,11 @@ class SSLMethod(pl.LightningModule):
     def ema_momentum(self) -> float:
         return 0.0
 
+    @property
+    def train_steps(self) -> int:
+        """Training steps taken so far (not Lightning's ``global_step``, which counts each optimizer)."""
+        return train_steps(self._trainer) if self._trainer is not None else 0
+
     def on_real_step(self, out: SSLOutput) -> None:
         """Hook after the real views' objective (MoCo enqueues its keys here)."""
 
@@ -185,7 +191,7 @@ class SSLMethod(pl.LightningModule):
         grad_a = None
         if any(r.needs_gradcam for r in self.regularizers):
             grad_a = self.gradcam_grads(loss_c, (a1, a2))
-        state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.global_step)
+        state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.train_steps)
         total = loss_c
         logs = {"train/L_C": loss_c.detach()}
         for reg in self.regularizers:
@@ -229,7 +235,7 @@ class SSLMethod(pl.LightningModule):
         from fgssl.errors import FgsslError
 
         raise FgsslError(
-            f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}): "
+            f"non-finite loss at step {self.train_steps} (epoch {self.current_epoch}): "
             f"terms {bad or ['train/loss']}; lower method.lr or check the data"
         )
 
