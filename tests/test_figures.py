@@ -95,6 +95,7 @@ def test_collect_sweep_keeps_methods_apart(smoke_runs, tmp_path):
     _, sweep, _ = smoke_runs
     mixed = tmp_path / "mixed"
     shutil.copytree(sweep, mixed, ignore=shutil.ignore_patterns("*.ckpt"))
+    shutil.copytree(smoke_runs[2] / "lcr", mixed / "lcr", ignore=shutil.ignore_patterns("*.ckpt"))  # not a base job
     other = mixed / "base"  # the same job, relabelled as a SimSiam job with another score
     cfg = OmegaConf.load(other / "checkpoints" / "config.yaml")
     cfg.method.name = "simsiam"

@@ -185,6 +185,8 @@ def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1",
         seen.add(cfg.method.name)
         if method is not None and cfg.method.name != method:
             continue
+        if cfg.get("rationale", {}).get("name", "none") != "none":  # LCR jobs are neither base nor SYN points
+            continue
         val = json.loads(mfile.read_text()).get(metric)
         if val is None:
             continue
