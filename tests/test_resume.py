@@ -146,6 +146,8 @@ def test_keep_every_n_epochs_keeps_epoch_checkpoints(tmp_path, _one_thread):
     assert (kept["epoch"], kept["global_step"]) == (1, 2) and (last["epoch"], last["global_step"]) == (2, 3)
     with pytest.raises(FgsslError, match="trainer.keep_every_n_epochs=-1"):
         fgssl.run.train(_smoke(data, tmp_path / "bad", "trainer.keep_every_n_epochs=-1"))
+    with pytest.raises(FgsslError, match=r"trainer.limit_train_batches=0.0 must be > 0"):
+        fgssl.run.train(_smoke(data, tmp_path / "bad2", "trainer.limit_train_batches=0"))
 
 
 def test_epoch_end_is_saved_even_when_a_step_save_fell_on_its_last_step(tmp_path, _one_thread):
