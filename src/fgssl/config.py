@@ -193,8 +193,8 @@ class TrainerConfig:
     collapse_threshold: float = 1e-3
     collapse_patience: int = 50
     #: Also rewrite ``checkpoints/last.ckpt`` every N training steps (batches, whatever the number
-    #: of optimizers),
-    #: so a kill in the middle of a long epoch costs at most N steps; 0 = epoch ends only.
+    #: of optimizers), so a kill in the middle of a long epoch costs at most N steps; 0 (or less) =
+    #: epoch ends only.
     ckpt_every_n_steps: int = 500
     #: Also keep ``checkpoints/epochNNN.ckpt`` every N epochs (0 = keep only ``last.ckpt``: a
     #: ResNet-18 MoCo v2 checkpoint is ~150 MB, a ResNet-50 one ~700 MB).

@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     if keep < 0:
         raise FgsslError(f"trainer.keep_every_n_epochs={keep} must be >= 0 (0 = keep only last.ckpt)")
     # last.ckpt: every epoch end and every ckpt_every_n_steps steps (a kill costs at most that many)
-    ckpts: List[pl.Callback] = [LastCheckpoint(str(out / "checkpoints"), max(0, int(t.ckpt_every_n_steps)))]
+    ckpts: List[pl.Callback] = [LastCheckpoint(str(out / "checkpoints"), int(t.ckpt_every_n_steps))]
     if keep:  # epochNNN.ckpt every `keep` epochs, all kept
         ckpts.append(pl.callbacks.ModelCheckpoint(
             dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -293,10 +293,10 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     if trainer.is_global_zero:
         if cfg.eval.at_end:
             metrics = run_evaluation(method, dm, cfg, device_of(cfg), progress=cfg.trainer.enable_progress_bar)
-            write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch,
-                                         "steps": train_steps(trainer)})
+            steps = train_steps(trainer)
+            write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch, "steps": steps})
             if logger:
-                logger.log_metrics(metrics, step=train_steps(trainer))
+                logger.log_metrics(metrics, step=steps)
             print(format_table(metrics, f"{cfg.name}: {cfg.method.name} / {cfg.data.name}"))
             print(f"metrics written to {out / 'metrics.json'}")
         report_bad_images(out)
