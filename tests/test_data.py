@@ -311,3 +311,20 @@ def test_missing_root_through_datamodule(tmp_path):
     cfg = compose_cfg(["data=cub", f"data.root={tmp_path / 'nope'}", "debug=smoke"])
     with pytest.raises(FgsslError, match="nope.*Expected layout"):
         FGVRDataModule(cfg.data, cfg.eval, None).setup()
+
+
+def test_augmentation_strength_knobs_reach_the_views():
+    """data.gray_p / jitter_p / blur_p / jitter_strength change the views (defaults = MoCo v2)."""
+    import torch
+
+    from fgssl.data.transforms import mocov2_view
+
+    img = torch.zeros(3, 48, 48, dtype=torch.uint8)
+    img[0] = 200  # pure red
+    always_gray = mocov2_view(32, gray_p=1.0, jitter_p=0.0, blur_p=0.0)(img)
+    assert torch.allclose(always_gray[0] * 0.229 + 0.485, always_gray[1] * 0.224 + 0.456, atol=1e-5)
+    keep_colour = mocov2_view(32, gray_p=0.0, jitter_p=0.0, blur_p=0.0)(img)
+    assert (keep_colour[0] * 0.229 + 0.485 - (keep_colour[1] * 0.224 + 0.456)).abs().min() > 0.5
+    no_jitter = mocov2_view(32, min_scale=1.0, jitter_strength=0.0, jitter_p=1.0, gray_p=0.0, blur_p=0.0)
+    torch.manual_seed(0)
+    assert torch.allclose(no_jitter(img), keep_colour, atol=1e-5)

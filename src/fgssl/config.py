@@ -36,6 +36,12 @@ class DataConfig:
     cache_size: Optional[int] = None
     #: Minimum crop scale of RandomResizedCrop (MoCo v2: 0.2).
     crop_min_scale: float = 0.2
+    #: Augmentation strength (defaults = MoCo v2): ColorJitter ranges scaled by ``jitter_strength``
+    #: (1.0 = 0.4, 0.4, 0.4, 0.1) applied with ``jitter_p``; grayscale with ``gray_p``; blur with ``blur_p``.
+    jitter_strength: float = 1.0
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
     #: Corrupt/unreadable images: ``skip`` (warn, count, list in the run dir) or ``error``.
     on_bad_image: str = "skip"
     #: Verify every image header once at setup (catches zero-byte/corrupt files early).

@@ -120,7 +120,8 @@ class FGVRDataModule(pl.LightningDataModule):
         cache = (c.cache_size or 2 * c.image_size) if c.cache else None
         self.train_samples, self.test_samples = tr, te
         kw = dict(cache_side=cache, on_bad=c.on_bad_image, bad_log=self.bad_log)
-        self.train_set = ImageDataset(tr, TwoViews(mocov2_view(c.image_size, c.crop_min_scale)), **kw)
+        view = mocov2_view(c.image_size, c.crop_min_scale, c.jitter_strength, c.jitter_p, c.gray_p, c.blur_p)
+        self.train_set = ImageDataset(tr, TwoViews(view), **kw)
         ev = eval_transform(c.image_size)
         cap = self.eval_cfg.max_images
         self.memory_set = ImageDataset(_cap(tr, cap), ev, **kw)

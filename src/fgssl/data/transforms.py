@@ -18,14 +18,20 @@ def _blur_kernel(size: int) -> int:
     return k if k % 2 == 1 else k + 1
 
 
-def mocov2_view(size: int, min_scale: float = 0.2) -> v2.Compose:
-    """One MoCo v2 view: RRC(0.2-1), ColorJitter(.4,.4,.4,.1) p=.8, Gray p=.2, Blur p=.5, HFlip."""
+def mocov2_view(size: int, min_scale: float = 0.2, jitter_strength: float = 1.0, jitter_p: float = 0.8,
+                gray_p: float = 0.2, blur_p: float = 0.5) -> v2.Compose:
+    """One MoCo v2 view: RRC(0.2-1), ColorJitter(.4,.4,.4,.1) p=.8, Gray p=.2, Blur p=.5, HFlip.
+
+    ``jitter_strength`` scales the four jitter ranges (1.0 = MoCo v2's 0.4, 0.4, 0.4, 0.1); it and
+    the three probabilities are the augmentation-strength knobs of ``data.*`` (defaults = MoCo v2).
+    """
+    s = jitter_strength
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+        v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)], p=jitter_p),
+        v2.RandomGrayscale(p=gray_p),
+        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p),
         v2.RandomHorizontalFlip(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
