@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fgssl-installed
 
-.PHONY: install train test test-all bench lint figures clean
+.PHONY: install train test test-all bench lint figures data clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ bench: install
 
 figures: install
 	$(BIN)/python figures.py $(ARGS)
+
+# make data NAME=cub ROOT=/data [ARCHIVE="file ..."]: fetch, verify, unpack (python -m fgssl.data.prepare)
+data: install
+	@test -n "$(NAME)" -a -n "$(ROOT)" || { echo "usage: make data NAME=cub|aircraft|cars ROOT=DIR [ARCHIVE=FILE]"; exit 2; }
+	$(BIN)/python -m fgssl.data.prepare $(NAME) --root $(ROOT) $(foreach a,$(ARCHIVE),--archive $(a))
 
 lint: install
 	$(BIN)/ruff check src tests train.py evaluate.py figures.py

@@ -23,6 +23,9 @@ class DataConfig:
     name: str = "cub53"
     #: Dataset root. For ``cub53`` it defaults to the copy vendored in the repo.
     root: Optional[str] = None
+    #: ``cub``/``aircraft``/``cars``: when the dataset folder under ``root`` is missing, run
+    #: ``python -m fgssl.data.prepare`` first (downloads). Off by default: never download silently.
+    download: bool = False
     #: Side of the square crops fed to the network (train views and eval crops).
     image_size: int = 64
     #: Per-process batch size for pre-training.

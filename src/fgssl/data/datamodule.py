@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -102,6 +103,10 @@ class FGVRDataModule(pl.LightningDataModule):
         if self._ready:
             return
         c = self.cfg
+        if c.get("download") and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: rank 0 prepares before fit
+            from fgssl.data.prepare import ensure
+
+            ensure(c.name, c.root)
         train = read_split(c.name, c.root, "train")
         test = read_split(c.name, c.root, "test")
         self.classes = train.classes
