@@ -79,7 +79,7 @@ class Spec:
 SPECS: Dict[str, Spec] = {
     # CUB-200-2011. URL: the CaltechDATA record that replaced the old vision.caltech.edu link
     # (https://data.caltech.edu/records/65de6-vp158). MD5 97eceeb1...: the tgz_md5 of the widely used
-    # CUB loaders (TDeVries/cub2011_dataset `Cub2011.tgz_md5`, avalanche `CUB200.tgz_md5`), the same
+    # CUB loaders (TDeVries/cub2011_dataset `Cub2011.tgz_md5`, ContinualAI avalanche `CUB200.tgz_md5`), the same
     # file that moved from the old URL. Counts: 200 classes, official split 5,994 train / 5,794 test.
     "cub": Spec(
         "cub", "CUB-200-2011", "CUB_200_2011", "images.txt",
@@ -89,8 +89,8 @@ SPECS: Dict[str, Spec] = {
         "https://www.vision.caltech.edu/datasets/cub_200_2011/ (file CUB_200_2011.tgz)"),
     # FGVC-Aircraft 2013b. URL: torchvision's FGVCAircraft._URL (torchvision itself checks no MD5).
     # MD5 d4acdd33...: the "MD5 Sum" page linked from the dataset's README (archives/
-    # fgvc-aircraft-2013b.html), as recorded by the R torchvision package (mlverse,
-    # fgvc_aircraft_dataset()) and by DeepMind's visual task adaptation data loaders.
+    # fgvc-aircraft-2013b.html), as recorded by the R torchvision package (mlverse/torchvision,
+    # R/dataset-fgvc.R) and other loaders. (A C++ port lists 85eeb15f... for it: that is Food-101's MD5.)
     # Counts: 100 variants, trainval 6,667 / test 3,333.
     "aircraft": Spec(
         "aircraft", "FGVC-Aircraft", "fgvc-aircraft-2013b", "data/variants.txt",
@@ -100,7 +100,7 @@ SPECS: Dict[str, Spec] = {
         "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (file fgvc-aircraft-2013b.tar.gz)"),
     # Stanford Cars. The ai.stanford.edu downloads are gone (torchvision >= 0.17 StanfordCars.download
     # raises; pytorch/vision#7545), so there is no URL: --archive only. MD5s: the four files as
-    # torchvision 0.13-0.16 StanfordCars.download() checked them (car_devkit.tgz, cars_train.tgz,
+    # torchvision's StanfordCars.download() checked them before the host went away (car_devkit.tgz, cars_train.tgz,
     # cars_test.tgz, cars_test_annos_withlabels.mat); copies of these files still circulate.
     # A repackaging (e.g. a Kaggle zip holding stanford_cars/) has no published checksum: it is
     # checked by layout and reader only, and the run says so. Counts: 196 classes, 8,144 / 8,041.
