@@ -494,3 +494,33 @@ def test_file_that_is_no_archive(tmp_path, monkeypatch, archives):
     with pytest.raises(FgsslError, match=r"not a tar or zip archive \(truncated download, or not the dataset\?\)"):
         prep.prepare("cub", tmp_path / "data", [f])
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
+
+
+def test_wrong_archive_is_told_before_unpacking(tmp_path, monkeypatch, archives):
+    _sources(tmp_path, monkeypatch, archives)
+    f = _write(archives["aircraft"][0], tmp_path / "dl")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda *a, **k: pytest.fail("unpacked a wrong archive"))
+    with pytest.raises(FgsslError, match="do not hold CUB-200-2011"):
+        prep.prepare("cub", tmp_path / "data", f)
+
+
+def test_interrupted_unpack_leaves_no_dataset_and_next_run_cleans_up(tmp_path, monkeypatch, archives):
+    _sources(tmp_path, monkeypatch, archives)
+    f = _write(archives["cub"][0], tmp_path / "dl")
+    root = tmp_path / "data"
+    real = tarfile.TarFile.extractall
+
+    def extract_then_die(self, path, *a, **k):
+        real(self, path, *a, **k)  # everything is on disk, in the staging folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare("cub", root, f)
+    assert sorted(p.name for p in root.iterdir()) == []
+    # a staging folder left by a killed run (no finally) is removed by the next run
+    monkeypatch.setattr(tarfile.TarFile, "extractall", real)
+    (root / ".fgssl-prepare-cub" / "CUB_200_2011").mkdir(parents=True)
+    (root / ".fgssl-prepare-cub" / "CUB_200_2011" / "images.txt").write_text("1 x.jpg\n")
+    prep.prepare("cub", root, f)
+    assert sorted(p.name for p in root.iterdir()) == ["CUB_200_2011", "attributes.txt"]

@@ -304,7 +304,15 @@ def _members(path: Path, dest: Path):
     return "file", None, path.stat().st_size
 
 
-def unpack(jobs: Sequence[Tuple[Path, Path]]) -> None:
+def _names(kind: str, handle) -> List[str]:
+    if kind == "tar":
+        return [m.name for m in handle.getmembers()]
+    if kind == "zip":
+        return [i.filename for i in handle.infolist()]
+    return []
+
+
+def unpack(jobs: Sequence[Tuple[Path, Path]], spec: Optional[Spec] = None) -> None:
     """Unpack each ``(archive, dest)`` (tar/tgz/zip; a plain file such as Stanford Cars'
     ``cars_test_annos_withlabels.mat`` is copied into dest). Every member of
     every archive is checked, and the total size compared with the free space, before anything is written."""
@@ -318,6 +326,10 @@ def unpack(jobs: Sequence[Tuple[Path, Path]]) -> None:
                 raise FgsslError(f"{path}: refusing to unpack: {e}; nothing was unpacked") from None
             if opened[-1][2] == "file" and path.suffix != ".mat":  # the only plain file: Cars' test labels
                 raise FgsslError(f"{path}: not a tar or zip archive (truncated download, or not the dataset?)")
+        if spec is not None:  # a wrong archive is told before its gigabytes are unpacked
+            names = [n.replace("\\", "/").rstrip("/") for _, _, kind, h, _ in opened for n in _names(kind, h)]
+            if not any(n == spec.marker or n.endswith("/" + spec.marker) for n in names):
+                raise FgsslError(_not_it(spec))
         total = sum(size for *_, size in opened)
         _need_space(jobs[0][1], total, "unpacking " + " + ".join(p.name for p, _ in jobs))
         for path, dest, kind, handle, size in opened:
@@ -339,6 +351,11 @@ def unpack(jobs: Sequence[Tuple[Path, Path]]) -> None:
 
 
 # ---------------------------------------------------------------------- verification
+def _not_it(spec: Spec) -> str:
+    return (f"the archive(s) do not hold {spec.title}: no {spec.folder}/{spec.marker} in them; "
+            f"expected {spec.how_to_get}")
+
+
 def _locate(spec: Spec, staging: Path) -> Path:
     """Find the dataset folder in ``staging`` (the folder holding ``spec.marker``) and move it to
     ``staging/spec.folder`` when a repackaging nested it differently."""
@@ -348,8 +365,7 @@ def _locate(spec: Spec, staging: Path) -> Path:
     else:
         hits = [p for depth in range(4) for p in staging.glob("/".join(["*"] * depth + [spec.marker]))]
         if not hits:
-            raise FgsslError(f"the archive(s) do not hold {spec.title}: no {spec.folder}/{spec.marker} in them; "
-                             f"expected {spec.how_to_get}")
+            raise FgsslError(_not_it(spec))
         found = Path(str(hits[0])[: -len(spec.marker) - 1])
         if found == staging:  # packed without the top folder
             tmp = staging.with_name(staging.name + ".top")
@@ -475,7 +491,7 @@ def prepare(name: str, root, archives: Sequence = (), keep_archive: bool = False
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        unpack([(path, staging / (src.subdir if src is not None else "")) for path, src in pairs])
+        unpack([(path, staging / (src.subdir if src is not None else "")) for path, src in pairs], spec)
         _locate(spec, staging)
         got = verify(spec, staging)
         # into place: extras of the archive first (CUB's top-level attributes.txt), the dataset folder last
