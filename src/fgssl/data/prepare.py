@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import http.client
 import json
 import os
@@ -223,6 +224,11 @@ def download(url: str, dest: Path, retries: int = 3, timeout: float = 60.0, offl
                 last_error = f"{type(e).__name__}: {e}"
                 log(f"connection lost at {_gb(part.stat().st_size)} ({last_error}); resuming")
                 continue
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise FgsslError(f"disk full while downloading to {part}: free some space and rerun (the "
+                                     f"partial file is resumed)") from None
+                raise
         got = part.stat().st_size
         if total is not None and got < total:
             last_error = f"got {got} of {total} bytes"
