@@ -34,7 +34,7 @@ class DataConfig:
     eval_batch_size: int = 256
     num_workers: int = 2
     #: Decode every image once and keep it in RAM as uint8 (shorter side resized
-    #: to ``cache_size`` or to 8/7 of image_size when null). Fast for small sets.
+    #: to ``cache_size``, or to 2x image_size when null). Fast for small sets.
     cache: bool = False
     cache_size: Optional[int] = None
     #: Minimum crop scale of RandomResizedCrop (MoCo v2: 0.2).
@@ -59,8 +59,10 @@ class BackboneConfig:
     weights: Optional[str] = None
     #: ``imagenet`` (7x7/2 conv + maxpool) or ``small`` (3x3/1 conv, no maxpool) for tiny images.
     stem: str = "imagenet"
-    #: Replace BatchNorm by SyncBatchNorm under DDP (also a trainer switch).
-    zero_init_residual: bool = False
+    #: Zero-initialise the last BatchNorm gamma of every residual block (each block starts as the
+    #: identity). null = the method's reference setting: true for SimSiam (its reference code), false
+    #: for MoCo v2 (its reference code keeps torchvision's default).
+    zero_init_residual: Optional[bool] = None
 
 
 @dataclass
@@ -82,7 +84,9 @@ class MethodConfig:
     ema_momentum: float = 0.999
     #: Queue length K; null = min(65536, largest multiple of the global batch <= 4x train size).
     queue_size: Optional[int] = None
-    symmetric: bool = True
+    #: Symmetrised InfoNCE (both views as query and key). false = one-directional, as the MoCo v2
+    #: and LCR code (one online pass with backward per step instead of two).
+    symmetric: bool = False
     # --- SimSiam -------------------------------------------------------------
     pred_hidden: int = 512
     #: Keep the predictor at a fixed lr (SimSiam paper, Sec. 4.1).
@@ -91,7 +95,7 @@ class MethodConfig:
 
 @dataclass
 class SynthesisConfig:
-    """SYN (Wang et al., ECCV 2024; SPEC section 1). Equations: ``fgssl/fgvr/synthesis.py``."""
+    """SYN (Wang et al., ECCV 2024; docs/method.md, SYN). Equations: ``fgssl/fgvr/synthesis.py``."""
 
     #: ``none`` or ``syn``.
     name: str = "none"
@@ -106,17 +110,20 @@ class SynthesisConfig:
     criterion: str = "both"
     #: Grad-CAM importance: ``abs`` (|dL/dz| z), ``grad_only`` (|dL/dz|), ``signed`` (dL/dz z).
     gradcam_variant: str = "abs"
-    #: How selected dims change: ``shuffle`` (in-batch permutation), ``gauss``, ``zero``, ``mean``.
+    #: How selected dims change: ``shuffle`` (in-batch permutation), ``gauss`` (z + beta sigma-bar eps, sigma-bar
+    #: the mean running std over dims), ``gauss_dim`` (per-dim sigma_j: nearly no change on the low-variance
+    #: dims the criterion selects), ``zero``, ``mean``.
     perturbation: str = "shuffle"
-    #: beta of ``gauss``: z + beta * sigma_j * eps, sigma_j the running std of dim j, clamped >= 0.
+    #: beta of ``gauss``/``gauss_dim``: z + beta * sigma * eps, clamped >= 0.
     gauss_beta: float = 1.0
     #: ``synthetic``: (g(sg z), g(sg z~)); ``real``: (x, g(sg z~)).
     pair: str = "synthetic"
-    #: Resolution at which the pair is encoded: ``input`` (upsampled, SPEC) or ``decoder`` (4x cheaper).
+    #: Resolution at which the pair is encoded: ``input`` (upsampled, docs/method.md) or ``decoder`` (4x cheaper).
     pair_size: str = "input"
-    #: Fraction of the batch (first samples of view 1) that forms synthesized pairs. 0.25 keeps a SYN step
-    #: within 1.5x of the base step (L_Cp costs about one base step per unit of fraction); 1.0 = every sample.
-    pair_fraction: float = 0.25
+    #: Fraction of the batch (first samples of view 1) that forms synthesized pairs: 1.0 (default) = every
+    #: sample, as the paper. A speed knob only: L_Cp costs about one base step per unit of fraction
+    #: (measured cost and effect: docs/method.md).
+    pair_fraction: float = 1.0
     #: Probability of the random horizontal flip applied to each image of the pair (the only augmentation).
     pair_hflip: float = 0.5
     #: Decoder output side in px; null = half the input size (112 at 224).
@@ -156,7 +163,7 @@ class SynthesisConfig:
 
 @dataclass
 class RationaleConfig:
-    """LCR (SPEC §2; ``fgssl/fgvr/rationale.py``)."""
+    """LCR (docs/method.md, LCR; ``fgssl/fgvr/rationale.py``)."""
 
     #: ``none`` or ``lcr``.
     name: str = "none"

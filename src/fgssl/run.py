@@ -163,7 +163,10 @@ def apply_speed_knobs(method, cfg: DictConfig, world_size: int):
 
 def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
     if cfg.method.name == "mocov2" and not cfg.method.queue_size:
-        cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world)
+        if cfg.rationale.name == "lcr" and cfg.rationale.mode == "faithful":
+            cfg.method.queue_size = 65536  # the LCR code's K (docs/method.md)
+        else:
+            cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
 from fgssl.fgvr.gradcam import gradcam_map
+from fgssl.nets.bn_state import bn_stats_kept
 
 
 def find_rationale(method):
@@ -41,7 +42,7 @@ def compute_maps(method, reg, x: Tensor) -> Tuple[Tensor, Tensor]:
     was_training = method.training
     method.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), bn_stats_kept(method):
             x2 = torch.flip(x, dims=[3])
             a1, z1 = method.encode(x)
             _, z2 = method.encode(x2)

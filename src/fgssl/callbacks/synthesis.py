@@ -10,8 +10,9 @@ What SYN does outside its loss (``fgssl/fgvr/synthesis.py`` holds the equations)
   views* -- the same two augmented views whose statistics the EMA tracks during
   training -- with the encoder in train mode (batch statistics, as in a training
   step) and sets the running mean/variance to the exact moments of that pass,
-  all-reduced across DDP ranks. The BatchNorm running statistics touched by the
-  pass are restored afterwards, so the pass leaves no trace but the SYN statistics.
+  all-reduced across DDP ranks. Every BatchNorm running statistic of the model is
+  restored afterwards (``fgssl.nets.bn_state.bn_stats_kept``), so the pass leaves no
+  trace but the SYN statistics.
   The pass is as long as one training epoch (``limit_train_batches`` applies), capped
   by ``synthesis.warm_start_batches``. It is skipped when the statistics are already
   initialised (a resumed run restores them from the checkpoint) or when
@@ -112,14 +113,15 @@ class SynthesisCallback(pl.Callback):
         """Set the statistics from one pass over ``loader`` (batches ``((x1, x2), y)``); returns #batches."""
         from contextlib import nullcontext
 
+        from fgssl.nets.bn_state import bn_stats_kept
+
         stats = self.reg.stats
-        bn_state = {k: v.clone() for k, v in method.backbone.named_buffers()}
         was_training = method.training
         method.train()
         acc = None
         n = 0
         try:
-            with context if context is not None else nullcontext():
+            with bn_stats_kept(method), context if context is not None else nullcontext():
                 for i, batch in enumerate(loader):
                     if max_batches is not None and i >= int(max_batches):
                         break
@@ -130,8 +132,6 @@ class SynthesisCallback(pl.Callback):
                         acc = m if acc is None else acc + m
                     n += 1
         finally:
-            for k, v in method.backbone.named_buffers():
-                v.copy_(bn_state[k])
             method.train(was_training)
         if acc is None:  # every rank must take part in the all-reduce
             acc = torch.zeros(2 * stats.mean.numel() + 1, dtype=torch.float64, device=stats.mean.device)

@@ -1,7 +1,10 @@
-"""The SGD linear protocol of the LCR code (SPEC section 3).
+"""The SGD linear protocol of the LCR code (docs/method.md, evaluation).
 
-Frozen encoder in eval mode, ``Linear(C, classes)`` on its (L2-normalised)
-evaluation feature, SGD lr 30 / momentum 0.9 / wd 0 / batch 256, 100 epochs
+Frozen encoder in eval mode, ``Linear(C, classes)`` initialised as the code does
+(weights N(0, 0.01), bias 0) on the feature the code feeds its classifier: the
+L2-normalised evaluation feature ``method.embed`` -- for an LCR model the
+attention-pooled ``GAP(A * att)`` (the code's ``bp_out_feat``), otherwise the
+GAP of layer4; ``eval.feature=gap`` forces GAP. SGD lr 30 / momentum 0.9 / wd 0 / batch 256, 100 epochs
 with the lr x0.1 at epochs 60 and 80; RandomResizedCrop + HFlip on train
 images, Resize + CenterCrop on test. Top-1 on test after every epoch; the
 *last*-epoch number is the primary result, the best epoch is reported too and
@@ -21,6 +24,14 @@ from fgssl.data.datamodule import ImageDataset
 from fgssl.data.transforms import linear_train_transform
 
 
+def linear_head(dim: int, num_classes: int) -> torch.nn.Linear:
+    """``Linear(dim, classes)`` with the LCR code's init: weights N(0, 0.01), bias 0."""
+    head = torch.nn.Linear(dim, num_classes)
+    torch.nn.init.normal_(head.weight, mean=0.0, std=0.01)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
 def linear_sgd(method, dm, cfg, device: torch.device, progress: bool = True) -> Dict[str, float]:
     e = cfg.eval
     t0 = time.perf_counter()
@@ -32,7 +43,7 @@ def linear_sgd(method, dm, cfg, device: torch.device, progress: bool = True) -> 
                               persistent_workers=nw > 0, drop_last=False)
     test_loader = dm.test_loader()
     torch.manual_seed(cfg.seed)
-    head = torch.nn.Linear(method.feat_dim, dm.num_classes).to(device)
+    head = linear_head(method.feat_dim, dm.num_classes).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=e.sgd_lr, momentum=0.9, weight_decay=e.sgd_weight_decay)
     milestones = [int(round(m * e.sgd_epochs)) for m in e.sgd_milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)

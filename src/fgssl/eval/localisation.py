@@ -32,6 +32,7 @@ from torch import Tensor
 
 from fgssl.errors import FgsslError
 from fgssl.fgvr.gradcam import gradcam_map
+from fgssl.nets.bn_state import bn_stats_kept
 
 
 @dataclass
@@ -83,13 +84,16 @@ def ssl_gradcam(method, x: Tensor) -> Tensor:
     """Grad-CAM of the SSL loss for ``x`` paired with its horizontal flip: (N, h, w)."""
     was_training = method.training
     method.eval()
-    with torch.enable_grad():
-        xf = torch.flip(x, dims=[3])
-        a1, z1 = method.encode(x)
-        _, z2 = method.encode(xf)
-        loss = method._fp32(method.ssl_forward, x, xf, z1, z2).loss
-        (g,) = torch.autograd.grad(loss, [a1])
-    method.train(was_training)
+    try:  # eval mode already uses the running statistics; the guard keeps them even for odd BN layers
+        with torch.enable_grad(), bn_stats_kept(method):
+            xf = torch.flip(x, dims=[3])
+            a1, z1 = method.encode(x)
+            _, z2 = method.encode(xf)
+            loss = method._fp32(method.ssl_forward, x, xf, z1, z2).loss
+            (g,) = torch.autograd.grad(loss, [a1], allow_unused=True)
+    finally:
+        method.train(was_training)
+    g = torch.zeros_like(a1) if g is None else g
     return gradcam_map(a1.detach(), g.detach())
 
 
@@ -98,7 +102,7 @@ def lcr_attention(method, x: Tensor) -> Optional[Tensor]:
     for reg in method.regularizers:
         fn = getattr(reg, "attention", None)
         if fn is not None:
-            with torch.no_grad():
+            with torch.no_grad(), bn_stats_kept(method):
                 a, _ = method.encode(x)
                 return fn(a)
     return None

@@ -1,4 +1,4 @@
-"""Leave-one-out retrieval metrics on the test split (SPEC section 3).
+"""Leave-one-out retrieval metrics on the test split (docs/method.md, evaluation).
 
 Every test item queries all *other* test items by cosine similarity on
 L2-normalised features.
@@ -14,8 +14,10 @@ item falls among the query's M sorted match similarities (``_gaps_histogram``:
 a few linear passes over the row, an exact search only for the items that share
 a histogram level with a match).  Besides the matrix product that is O(N) per
 row instead of the O(N log N) of a full sort.
-Ties count in the match's favour; with
-float features they have probability ~0.
+Ties are ranked as a full sort that puts, among equal similarities, the other
+classes' items before the query's matches, and the matches in a row: the k-th
+match has rank ``r_k = k + #{non-matches at least as similar}``, so ``r_k >= k``
+and AP <= 1 always (tied or all-zero features included).
 
 The similarity matrix is processed in row chunks, so memory stays bounded by
 ``chunk x N`` whatever N is.
@@ -32,8 +34,9 @@ from torch import Tensor
 LEVELS = 4096  # histogram levels per row, spread between its lowest match and its maximum
 
 
-def _gaps_histogram(sim: Tensor, pos: Tensor, pad: Tensor) -> Tensor:
-    """``hist[i, g]`` = number of items j of row i with exactly g entries of ``pos[i]`` strictly below ``sim[i, j]``.
+def _gaps_histogram(sim: Tensor, pos: Tensor, pad: Tensor, right: bool = False) -> Tensor:
+    """``hist[i, g]`` = number of items j of row i with exactly g entries of ``pos[i]`` strictly below ``sim[i, j]``
+    (``right=True``: at or below).
 
     Equivalent to a histogram of ``searchsorted(pos, sim)`` but cheaper: each row's range from its
     lowest match to its maximum is cut into uniform levels (level 0 holds everything
@@ -66,7 +69,7 @@ def _gaps_histogram(sim: Tensor, pos: Tensor, pad: Tensor) -> Tensor:
         offset = 8.0 * torch.arange(c, device=dev, dtype=torch.float64).unsqueeze(1)
         flat_pos = (pos.double().clamp(min=-2.0) + offset).flatten()        # padding -> -2
         keys = sim[r, j].double().clamp(min=-3.0) + offset[r, 0]
-        gap = torch.searchsorted(flat_pos, keys) - r * m_max
+        gap = torch.searchsorted(flat_pos, keys, right=right) - r * m_max
         hist.view(-1).scatter_add_(0, r * (m_max + 1) + gap, ones.expand_as(gap))
     return hist
 
@@ -84,15 +87,15 @@ def _chunk_stats(sim: Tensor, same: Tensor, ks: Sequence[int]) -> tuple[Dict[int
     neg_inf = torch.tensor(float("-inf"), device=sim.device, dtype=sim.dtype)
     # the M match similarities of each row, ascending, left-padded with -inf up to m_max
     pos = torch.where(same, sim, neg_inf).topk(m_max, dim=1, sorted=True).values.flip(1).contiguous()
-    # hist[g]: items with g matches (or padding) strictly below them; the query itself (-inf) has g = 0.
-    # An item is more similar than the ascending match a iff its g > a.
+    # hist[g]: non-matches with g matches (or padding) at or below them; the query and the matches
+    # themselves (-inf here) have g = 0. A non-match ranks before the ascending match a iff its g > a.
     pad = (m_max - m).unsqueeze(1)                        # padded slots per row
-    hist = _gaps_histogram(sim, pos, pad)
-    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]         # items (any class) more similar than match a
+    hist = _gaps_histogram(torch.where(same, neg_inf, sim), pos, pad, right=True)
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]         # non-matches at least as similar as match a
     slot = torch.arange(m_max, device=sim.device).unsqueeze(0)
     real = slot >= pad
     k_desc = (m_max - slot).float()                       # the ascending slot a holds the (m_max - a)-th best match
-    ranks = 1.0 + above                                   # r_k: 1 + items more similar (matches included)
+    ranks = k_desc + above                                # r_k = k + non-matches ranked before it (ties included)
     ap = torch.where(real, k_desc / ranks, torch.zeros_like(ranks)).sum(1)
     valid = m > 0
     ap_sum = (ap[valid] / m[valid].float()).sum()

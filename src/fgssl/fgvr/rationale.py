@@ -24,22 +24,23 @@ At evaluation (``embed``; paper Sec. 3.3, code ``MoCo.inference``)::
 used by retrieval, the linear probe and the kNN monitor; ``eval.feature=gap``
 turns it off (ablation).
 
-Which views are fitted (``rationale.views``): the code has a single query view
-(MoCo: ``im_q``; BYOL: ``feat_map1``, although its loss is symmetric). ``auto``
-fits view 1 only in faithful mode and both views (mean of the two fits) in
-clean mode, since our methods' losses are symmetric by default and both maps
-then carry an equally valid Grad-CAM; ``first``/``both`` force either.
+Which views are fitted (``rationale.views``): only a view whose map has a path
+to ``L_C`` has a Grad-CAM (``SSLMethod.gradient_views``); the other one's is zero
+and its target would be flat. ``auto`` fits view 1 only in faithful mode (the
+code's single query, ``im_q``) and, in clean mode, every view that carries
+gradient (the mean of the fits): view 1 for one-directional MoCo v2 (the
+default), both for SimSiam and ``method.symmetric=true``. ``first`` forces view
+1; ``both`` is refused when view 2 carries no gradient.
 
-Faithful mode versus the LCR code (MoCo v2 path). Identical: items 1-6 of
-SPEC §2 -- the Grad-CAM target keeps its graph through ``A`` (``dL/dA`` has
-none in the code either), batch-global min-max with ``1e-7``, row-wise
-softmaxes, ``kl_div(log p_att, p_gc, 'sum')``, ``GAP(A * att)`` at test.
-Differences, all outside those equations:
+Faithful mode versus the LCR code (MoCo v2 path). Identical: the Grad-CAM target
+keeps its graph through ``A`` (``dL/dA`` has none in the code either),
+batch-global min-max with ``1e-7``, row-wise softmaxes,
+``kl_div(log p_att, p_gc, 'sum')``, ``GAP(A * att)`` at test (docs/method.md,
+LCR). It needs the code's settings: ``method=mocov2`` with its one-directional
+loss (anything else is refused with one ``fgssl error:`` line), and the queue
+size K = 65,536 unless ``method.queue_size`` is given. Differences, all outside
+those equations:
 
-* ``L_C`` is our method's loss. The code's MoCo loss is one-directional; ours
-  is symmetric by default (``method.symmetric=true``), which halves the
-  ``q1`` part of ``dL_C/dA1``. Set ``method.symmetric=false`` for the code's
-  gradient scale.
 * BatchNorm statistics of the branch: the code runs ``conv16/bn16`` three
   times per step (query map, key-encoder map under ``no_grad``, query map
   again), so its running mean/var mixes query and key batches; we run it once
@@ -103,8 +104,25 @@ class RationaleRegularizer(Regularizer):
             raise FgsslError(f"rationale.temperature={cfg.temperature} must be > 0")
         if float(cfg.weight) < 0:
             raise FgsslError(f"rationale.weight={cfg.weight} must be >= 0")
+        grad_views = tuple(method.gradient_views()) if hasattr(method, "gradient_views") else (0, 1)
+        mcfg = getattr(getattr(method, "cfg", None), "method", None)
+        if mode == "faithful" and mcfg is not None:
+            # the LCR code: MoCo v2, one-directional InfoNCE, only the query's map fitted
+            if mcfg.name != "mocov2":
+                raise FgsslError(f"rationale.mode=faithful reproduces the LCR MoCo v2 code and needs "
+                                 f"method=mocov2 (got method={mcfg.name}); use rationale.mode=clean")
+            if mcfg.get("symmetric", False):
+                raise FgsslError("rationale.mode=faithful reproduces the LCR code's one-directional MoCo v2 loss; "
+                                 "drop method.symmetric=true (or use rationale.mode=clean)")
+        if views == "both" and len(grad_views) < 2:
+            raise FgsslError("rationale.views=both: the second view's map has no path to L_C with this method "
+                             "(one-directional MoCo v2), so its Grad-CAM is zero and its target flat; use "
+                             "rationale.views=auto or first, or method.symmetric=true")
         self.mode = mode
-        self.views = (1 if mode == "faithful" else 2) if views == "auto" else (1 if views == "first" else 2)
+        if views == "auto":  # faithful: the code's single query view; clean: every view that carries gradient
+            self.views = 1 if mode == "faithful" else len(grad_views)
+        else:
+            self.views = 1 if views == "first" else 2
         self.weight = float(cfg.weight)
         self.temperature = float(cfg.temperature)
         self.log_every = int(cfg.get("log_images_every_n_epochs", 0) or 0)

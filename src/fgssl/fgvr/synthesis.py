@@ -3,7 +3,7 @@
 Z. Wang, L. Liu, S. R. Figueroa Weston, S. Tian, P. Li, "On Learning Discriminative
 Features from Synthesized Data for Self-Supervised Fine-Grained Visual Recognition",
 ECCV 2024 (arXiv 2407.14676). No code was released; everything the paper leaves
-open follows ``SPEC.md`` section 1, and each such choice is a config switch
+open follows ``docs/method.md`` (SYN), and each such choice is a config switch
 (``conf/synthesis/syn.yaml``, ``fgssl.config.SynthesisConfig``).
 
 Every SYN equation lives in this file (the decoder architecture is in
@@ -61,15 +61,18 @@ One training step, given ``z1, z2`` of the two views (``StepState``):
 
        shuffle (default): p(z)_ij = z_pi(i),j, pi a random permutation of the batch
                           without fixed points (one random cycle), same pi for every j
-       gauss            : p(z)_ij = max(0, z_ij + beta * sigma_j * eps_ij),  sigma_j = sqrt(s2_j),
-                          eps ~ N(0, 1)
+       gauss            : p(z)_ij = max(0, z_ij + beta * sigma_bar * eps_ij),  eps ~ N(0, 1),
+                          sigma_bar = mean_j sqrt(s2_j) (one scale for all dimensions)
+       gauss_dim        : the same with sigma_j = sqrt(s2_j) per dimension. Caveat: the
+                          selected dimensions are the low-variance ones, so sigma_j is
+                          smallest exactly there and the perturbation nearly vanishes
        zero             : p(z)_ij = 0
        mean             : p(z)_ij = mu_j
 
 5. **Pair and L_Cp** (paper Fig. 1a and Fig. 4): ``x^ = g(sg z)``, ``x^' = g(sg z~)``
    for the first ``m = round(pair_fraction * N)`` samples of the first view
-   (default 0.25, see the cost note below); with ``pair=real`` the pair is
-   ``(x, x^')``. Both images are resized to the input size
+   (default 1.0: the whole batch; a smaller fraction is a speed knob only); with
+   ``pair=real`` the pair is ``(x, x^')``. Both images are resized to the input size
    (``pair_size=input``, default; ``decoder`` keeps the decoder size, 4x cheaper to
    encode), flipped horizontally at random (p = 0.5, independently; no other
    augmentation), and::
@@ -80,21 +83,25 @@ One training step, given ``z1, z2`` of the two views (``StepState``):
    output of the ``L_R`` pass (the same values: with GroupNorm the decoder treats
    each vector on its own), and ``g(sg z~)`` is decoded under ``no_grad``. ``L_Cp`` trains the
    encoder (and the method's heads) only. For MoCo ``ssl_loss`` uses the queue as
-   negatives and never enqueues.
+   negatives and never enqueues. ``ssl_loss`` leaves every BatchNorm running statistic
+   as the real views left it (``fgssl.nets.bn_state``), while its forward uses the
+   pair's own batch statistics. ``train/syn_shift`` (:func:`latent_shift`) logs how far
+   ``z~`` moves from ``z`` over the selected dimensions.
 6. **Schedule**: ``nu(t) = 0`` for ``t < warmup_epochs``, then a linear ramp to ``nu``
    over ``ramp_epochs`` (updated per step by the callback, see :func:`nu_schedule`).
    While ``nu(t) = 0`` no pair is built at all (the step then costs the base step
    plus one decoder pass).
 
-Cost per step. The base does 2 online encoder passes (forward + backward), plus 2
-key passes for MoCo v2. SYN adds one decoder forward+backward over the ``L_R`` views
-(``recon_views=first``: N vectors), one decoder forward without grad for the ``m``
-vectors ``z~`` and ``ssl_loss`` on the pair -- the method's full objective again, at
-``pair_size``, on ``m`` images, i.e. about ``pair_fraction`` base steps. Measured on
-CPU (ResNet-18, 64 px, batch 32, one thread): ``pair_fraction=1`` and
-``recon_views=both`` cost 2.2x the base step for both methods; the defaults
-(``pair_fraction=0.25``, ``recon_views=first``, decoder width 128) cost 1.37x
-(MoCo v2) and 1.45x (SimSiam); during the warm-up (nu = 0) a step costs ~1.1x.
+Cost per step. The base does 2 online encoder passes (forward + backward), plus 1 key
+pass for MoCo v2 (2 with ``method.symmetric=true``). SYN adds one decoder
+forward+backward over the ``L_R`` views (``recon_views=first``: N vectors), one decoder
+forward without grad for the ``m`` vectors ``z~`` and ``ssl_loss`` on the pair -- the
+method's full objective again, at ``pair_size``, on ``m`` images, i.e. about
+``pair_fraction`` base steps (less for one-directional MoCo v2, whose pair skips the
+online pass of the second image: its loss never reads it). The pair is one more SSL
+sample, so 2x the base step is the floor at ``pair_fraction=1``; the measured ratios
+are in ``docs/results.md`` (``python -m fgssl.bench``). During the warm-up (nu = 0) a
+step costs about 1.1x.
 """
 
 from __future__ import annotations
@@ -111,12 +118,13 @@ from fgssl.errors import ConfigError
 from fgssl.fgvr.gradcam import channel_importance
 from fgssl.losses.reconstruction import reconstruction_loss, resize_to
 from fgssl.methods.base import Regularizer, StepState
+from fgssl.nets.bn_state import bn_stats_kept
 from fgssl.nets.decoder import Decoder
 
 CRITERIA = ("variance", "gradcam", "both", "union", "intersection", "random", "top")
 #: Criteria that read the Grad-CAM importance (the base then computes dL_C/dA).
 CAM_CRITERIA = ("gradcam", "both", "union", "intersection", "top")
-PERTURBATIONS = ("shuffle", "gauss", "zero", "mean")
+PERTURBATIONS = ("shuffle", "gauss", "gauss_dim", "zero", "mean")
 PAIRS = ("synthetic", "real")
 PAIR_SIZES = ("input", "decoder")
 RECON_VIEWS = ("both", "first")
@@ -289,11 +297,14 @@ def perturb(z: Tensor, mask: Tensor, kind: str, mean: Optional[Tensor] = None, v
     z = z.detach()
     if kind == "shuffle":
         src = z[derangement(z.shape[0], z.device, generator)]
-    elif kind == "gauss":
+    elif kind in ("gauss", "gauss_dim"):
         if var is None:
-            raise ValueError("perturbation=gauss needs the running variance")
+            raise ValueError(f"perturbation={kind} needs the running variance")
+        sigma = var.to(z.dtype).clamp_min(0.0).sqrt()
+        if kind == "gauss":  # one scale for every dimension: the mean running std sigma-bar
+            sigma = sigma.mean()
         eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-        src = (z + beta * var.to(z.dtype).sqrt() * eps).clamp_min(0.0)
+        src = (z + beta * sigma * eps).clamp_min(0.0)
     elif kind == "zero":
         src = torch.zeros_like(z)
     elif kind == "mean":
@@ -303,6 +314,19 @@ def perturb(z: Tensor, mask: Tensor, kind: str, mean: Optional[Tensor] = None, v
     else:
         raise ConfigError(f"synthesis.perturbation={kind!r} must be one of {PERTURBATIONS}")
     return torch.where(mask, src, z)
+
+
+@torch.no_grad()
+def latent_shift(z: Tensor, z_tilde: Tensor, mask: Tensor) -> Tensor:
+    """``||M * (z~ - z)|| / ||M * z||`` over the selected dimensions of the batch (0 if nothing is selected).
+
+    How far the perturbation moves the latent, logged every step as ``train/syn_shift``: a
+    perturbation that moves nothing (for example ``gauss_dim`` on near-constant dimensions)
+    shows up as a value near 0.
+    """
+    m = mask.to(z.dtype)
+    num = ((z_tilde.detach().float() - z.detach().float()) * m).norm()
+    return num / (z.detach().float() * m).norm().clamp_min(1e-12)
 
 
 def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
@@ -321,7 +345,8 @@ class SynthesisRegularizer(Regularizer):
     whenever ``nu(t) > 0``; the base adds and logs them. It also logs (through
     ``method.log`` when a trainer is attached; always kept in ``last_logs``):
     ``train/syn_nu``, ``train/syn_selected_frac`` (mean fraction of dimensions
-    perturbed), ``train/syn_rank_corr`` (mean per-sample Spearman correlation between
+    perturbed), ``train/syn_shift`` (:func:`latent_shift`, how far ``z~`` moves from ``z``
+    over the selected dimensions), ``train/syn_rank_corr`` (mean per-sample Spearman correlation between
     the variance and the Grad-CAM criteria) and ``train/syn_overlap`` (the fraction of
     the bottom-k variance set also in the bottom-k Grad-CAM set). The last two need
     the Grad-CAM gradient, i.e. a criterion from :data:`CAM_CRITERIA`.
@@ -435,10 +460,12 @@ class SynthesisRegularizer(Regularizer):
         mask, logs = self.selection(z1, grad_a)
         nu = self.current_nu(state.epoch)
         logs["syn_nu"] = torch.tensor(nu, device=z1.device)
+        m = min(n, max(2, int(round(c.pair_fraction * n))))
+        z_tilde = self.perturbed(z1, mask)[:m]  # shuffle draws from the whole batch
+        logs["syn_shift"] = latent_shift(z1[:m], z_tilde, mask[:m])
         if nu > 0:
-            m = min(n, max(2, int(round(c.pair_fraction * n))))
-            z_tilde = self.perturbed(z1, mask)[:m]  # shuffle draws from the whole batch
-            with torch.no_grad():
+            # (the guard matters for decoder_norm=batch; the pair's encoder passes are guarded in ssl_loss)
+            with torch.no_grad(), bn_stats_kept(self.decoder):
                 x_hat2 = self.decoder(z_tilde)  # g(sg z~)
             if c.pair == "synthetic":
                 first = rec[:m].detach()  # g(sg z1): the L_R output, the decoder being per-sample
@@ -466,7 +493,7 @@ class SynthesisRegularizer(Regularizer):
         method.eval()
         try:
             grad_a = None
-            with torch.enable_grad():
+            with torch.enable_grad(), bn_stats_kept(method):
                 a1, z1 = method.encode(x)
                 if self.needs_gradcam:
                     x2 = torch.flip(x, dims=[3])
@@ -474,7 +501,7 @@ class SynthesisRegularizer(Regularizer):
                     loss = method._fp32(method.ssl_forward, x, x2, z1, z2).loss
                     (grad_a,) = torch.autograd.grad(loss.float(), [a1], allow_unused=True)
                     grad_a = torch.zeros_like(a1) if grad_a is None else grad_a.float()
-            with torch.no_grad():
+            with torch.no_grad(), bn_stats_kept(method):
                 z1 = z1.detach().float()
                 mask, _ = self.selection(z1, grad_a)
                 rec = self.decoder(z1).float()
@@ -486,6 +513,6 @@ class SynthesisRegularizer(Regularizer):
 
 __all__ = [
     "SynthesisRegularizer", "DimensionStats", "nu_schedule", "select_dims", "perturb", "ranks",
-    "bottom_k_mask", "spearman_rows", "derangement", "random_hflip", "num_selected", "CRITERIA",
+    "bottom_k_mask", "spearman_rows", "derangement", "random_hflip", "num_selected", "latent_shift", "CRITERIA",
     "CAM_CRITERIA", "PERTURBATIONS",
 ]

@@ -9,7 +9,8 @@ momentum methods, its online/target pairs. Everything else lives here:
   run under autocast; the heads and losses always run in fp32, so gradients
   w.r.t. ``A`` -- the Grad-CAM signal -- are fp32 too);
 * ``ssl_loss(x1, x2)``: the method's objective on any two image batches (used by
-  SYN for the synthesized pair; it never touches the MoCo queue);
+  SYN for the synthesized pair; it never touches the MoCo queue, and it leaves every
+  BatchNorm running statistic as it found it: only the real views move those);
 * ``embed(x)``: the evaluation feature; a regularizer (LCR) may replace it;
 * optimisation: SGD param groups with per-group lr/wd and fixed-lr flags,
   optional Adam groups (SYN's decoder), linear warm-up + per-step cosine;
@@ -39,6 +40,7 @@ from fgssl.callbacks.guards import train_steps
 from fgssl.errors import ConfigError
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.nets.backbones import build_backbone
+from fgssl.nets.bn_state import bn_stats_kept
 
 
 @dataclass
@@ -99,12 +101,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class SSLMethod(pl.LightningModule):
     """Base LightningModule of every SSL method (see module docstring)."""
 
+    #: The reference code's ``zero_init_residual`` (used when ``backbone.zero_init_residual`` is null).
+    ZERO_INIT_RESIDUAL: bool = False
+
     def __init__(self, cfg: DictConfig):
         super().__init__()
         self.cfg = cfg
         self.automatic_optimization = False
         b = cfg.backbone
-        self.backbone = build_backbone(b.name, b.stem, b.weights, b.zero_init_residual)
+        zir = self.ZERO_INIT_RESIDUAL if b.zero_init_residual is None else bool(b.zero_init_residual)
+        self.backbone = build_backbone(b.name, b.stem, b.weights, zir)
         self.feat_dim = self.backbone.dim
         self.regularizers = nn.ModuleList()
         self._val_feats: Dict[int, List[Tuple[Tensor, Tensor]]] = {}
@@ -122,10 +128,29 @@ class SSLMethod(pl.LightningModule):
         raise NotImplementedError
 
     def ssl_loss(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """The method's objective on any two image batches (no queue update)."""
-        _, z1 = self.encode(x1)
-        _, z2 = self.encode(x2)
-        return self._fp32(self.ssl_forward, x1, x2, z1, z2).loss
+        """The method's objective on any two image batches.
+
+        No queue update, and no BatchNorm running statistic changes: the forward uses the
+        batches' own statistics (train mode), as a training step does, but the running
+        buffers that normalise real test images are restored afterwards
+        (:func:`fgssl.nets.bn_state.bn_stats_kept`). The online pass of ``x2`` is skipped
+        when the objective does not read ``z2`` (one-directional MoCo v2).
+        """
+        with bn_stats_kept(self):
+            _, z1 = self.encode(x1)
+            z2 = self.encode(x2)[1] if self.uses_online_z2() else None
+            return self._fp32(self.ssl_forward, x1, x2, z1, z2).loss
+
+    def uses_online_z2(self) -> bool:
+        """Whether :meth:`ssl_forward` reads the online feature of the second view."""
+        return True
+
+    def gradient_views(self) -> Tuple[int, ...]:
+        """The views (0 = first, 1 = second) whose online map ``A`` has a path to ``L_C``.
+
+        Only their Grad-CAM carries signal: the other view's ``dL_C/dA`` is zero.
+        """
+        return (0, 1) if self.uses_online_z2() else (0,)
 
     def learnable_params(self) -> List[dict]:
         """Param groups: ``{"name", "params", ["lr"], ["weight_decay"], ["fixed_lr"], ["optimizer"]}``."""

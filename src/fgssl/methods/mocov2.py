@@ -2,7 +2,10 @@
 
 * query encoder = backbone + MLP projector; key encoder = their EMA copy (m = 0.999);
 * InfoNCE against a queue of K negatives at temperature T = 0.2 (``losses/infonce.py``);
-* optional symmetrised loss (both views serve as query and key);
+* one-directional loss by default, as in the MoCo v2 and LCR code (view 1 is the
+  query, view 2 the key); ``method.symmetric=true`` symmetrises it (both views serve
+  as query and key, at the cost of a second online pass with backward and a second
+  key pass);
 * the keys of the real second view are all-gathered across ranks, then enqueued
   (synthetic pairs from SYN call :meth:`ssl_loss` and never touch the queue).
 
@@ -15,7 +18,7 @@ as in single-GPU MoCo reproductions.
 from __future__ import annotations
 
 import copy
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +45,7 @@ class MoCoV2(SSLMethod):
         for p in list(self.backbone_momentum.parameters()) + list(self.projector_momentum.parameters()):
             p.requires_grad = False
         if m.queue_size is None or m.queue_size <= 0:
-            raise ValueError("method.queue_size must be resolved (fgssl.train resolves it from the dataset size)")
+            raise ValueError("method.queue_size must be resolved (fgssl.run.resolve_queue sets it from the data size)")
         self.register_buffer("queue", F.normalize(torch.randn(int(m.queue_size), m.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -64,7 +67,10 @@ class MoCoV2(SSLMethod):
             a = self.backbone_momentum.feature_map(x)
         return F.normalize(self.projector_momentum(a.float().mean(dim=(2, 3))), dim=1)
 
-    def ssl_forward(self, x1: Tensor, x2: Tensor, z1: Tensor, z2: Tensor) -> SSLOutput:
+    def uses_online_z2(self) -> bool:
+        return bool(self.cfg.method.symmetric)
+
+    def ssl_forward(self, x1: Tensor, x2: Tensor, z1: Tensor, z2: Optional[Tensor]) -> SSLOutput:
         m = self.cfg.method
         q1 = F.normalize(self.projector(z1), dim=1)
         k2 = self.keys(x2)

@@ -4,6 +4,8 @@ Projector ``C-2048-2048`` with BN on all three layers, predictor ``2048-512-2048
 symmetric negative cosine with stop-gradient (``losses/negative_cosine.py``), the
 predictor at a fixed lr. Logs the collapse indicator ``std(normalize(z))`` every
 step: about ``1/sqrt(d)`` when healthy, towards 0 when the output collapses.
+The ResNet starts with ``zero_init_residual=True``, as in the reference code
+(``backbone.zero_init_residual`` overrides it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def collapse_indicator(z: Tensor) -> Tensor:
 
 
 class SimSiam(SSLMethod):
+    #: The SimSiam reference code builds its encoder with ``zero_init_residual=True``.
+    ZERO_INIT_RESIDUAL = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         m = cfg.method

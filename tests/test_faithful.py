@@ -1,0 +1,301 @@
+"""Issue 11, "faithful by default": each test here failed on the code before the fix it names.
+
+* BatchNorm running statistics come from the real views only (SYN pair, LCR, warm start, Grad-CAM);
+* defaults: one-directional MoCo v2, SYN pairs over the whole batch, SimSiam's zero_init_residual;
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, compose_cfg, load_base_state, run_training_step
+from fgssl.nets.bn_state import bn_buffers, bn_stats_kept
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = ["method.queue_size=64", "data.image_size=32", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0"]
+
+
+def build(name: str, *extra: str, seed: int = 0):
+    from fgssl.methods import build_method
+
+    torch.manual_seed(seed)
+    return build_method(compose_cfg([f"method={name}", *SMALL, *extra])).train()
+
+
+def bn_state(method, skip_regularizers: bool = True) -> dict:
+    """Every BatchNorm running buffer of ``method`` by name (the regularizers' own layers left out)."""
+    out = {}
+    for mod_name, mod in method.named_modules():
+        if skip_regularizers and mod_name.startswith("regularizers"):
+            continue
+        for layer, name, buf in bn_buffers(mod):
+            if layer is mod:
+                out[f"{mod_name}.{name}"] = buf.detach().clone()
+    assert out, "no BatchNorm layer found"
+    return out
+
+
+def assert_same_bn(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"BatchNorm buffer {k} differs"
+
+
+def _batch(n=4, size=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randn(n, 3, size, size, generator=g)
+
+
+# ---------------------------------------------------------------------- defect 1: BatchNorm statistics
+@pytest.mark.parametrize("name", ["mocov2", "simsiam"])
+@pytest.mark.parametrize("symmetric", ["false", "true"])
+def test_syn_pair_leaves_bn_stats_as_the_real_views_left_them(name, symmetric):
+    """After one step with nu > 0, every BN running buffer equals the one the same step's real views leave."""
+    if name == "simsiam" and symmetric == "true":
+        pytest.skip("method.symmetric is a MoCo v2 switch")
+    extra = [f"method.symmetric={symmetric}"] if name == "mocov2" else []
+    base = build(name, *extra)
+    syn = build(name, *extra, "synthesis=syn", "synthesis.nu=1.0")
+    load_base_state(base, syn)
+    reg = syn.regularizers[0]
+    reg.nu_now = 1.0
+    x1, x2 = _batch()
+    run_training_step(base, x1, x2)
+    run_training_step(syn, x1, x2)
+    assert float(reg.last_logs["syn_nu"]) == 1.0  # the pair was built and entered the loss
+    assert_same_bn(bn_state(base), bn_state(syn))
+
+
+def test_ssl_loss_uses_batch_statistics_but_keeps_running_ones():
+    """The pair's forward still normalises with its own batch statistics (train mode)."""
+    m = build("simsiam")
+    x1, x2 = _batch(seed=3)
+    before = bn_state(m)
+    ref = copy.deepcopy(m)
+    _, z1 = ref.encode(x1)  # the unguarded computation: batch statistics, running buffers moved
+    _, z2 = ref.encode(x2)
+    want = ref.ssl_forward(x1, x2, z1, z2).loss
+    got = m.ssl_loss(x1, x2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_same_bn(before, bn_state(m))
+    with pytest.raises(AssertionError):  # control: the unguarded passes did move them
+        assert_same_bn(before, bn_state(ref))
+
+
+@pytest.mark.parametrize("name", ["mocov2", "simsiam"])
+def test_lcr_step_leaves_encoder_bn_stats_as_the_real_views_left_them(name):
+    base = build(name)
+    lcr = build(name, "rationale=lcr")
+    load_base_state(base, lcr)
+    x1, x2 = _batch()
+    run_training_step(base, x1, x2)
+    run_training_step(lcr, x1, x2)
+    assert_same_bn(bn_state(base), bn_state(lcr))
+
+
+def test_bn_stats_kept_restores_every_buffer():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with bn_stats_kept(net):
+        out = net(torch.randn(2, 3, 8, 8))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # batch statistics were used in the forward: the per-channel mean is ~0 after the last BN
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["mocov2", "simsiam"])
+def test_extra_passes_leave_every_buffer(name):
+    """Warm start, SYN figures, LCR figures and localisation Grad-CAM leave every BN buffer unchanged."""
+    from fgssl.callbacks.rationale import compute_maps
+    from fgssl.callbacks.synthesis import SynthesisCallback
+    from fgssl.eval.localisation import lcr_attention, ssl_gradcam
+
+    m = build(name, "synthesis=syn", "rationale=lcr")
+    syn, lcr = m.regularizers
+    x1, x2 = _batch(seed=5)
+    before = bn_state(m, skip_regularizers=False)
+    SynthesisCallback(syn).warm_start(m, [((x1, x2), None)])
+    syn.synthesize(m, x1)
+    compute_maps(m, lcr, x1)
+    ssl_gradcam(m, x1)
+    lcr_attention(m, x1)
+    assert m.training
+    assert_same_bn(before, bn_state(m, skip_regularizers=False))
+
+
+# ---------------------------------------------------------------------- defects 2, 5, 6: defaults
+@pytest.mark.parametrize("experiment", [None, "paper_r50", "syn_alpha_sweep", "syn_nu_sweep", "syn_seeds"])
+def test_defaults_are_one_directional_moco_and_full_batch_pairs(experiment):
+    cfg = compose_cfg(["synthesis=syn"] + ([f"experiment={experiment}"] if experiment else []))
+    assert cfg.method.symmetric is False
+    assert cfg.synthesis.pair_fraction == 1.0
+
+
+def test_cfg_job_shows_the_faithful_defaults():
+    out = subprocess.run([sys.executable, "train.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = yaml.safe_load(out.stdout)
+    assert job["method"]["symmetric"] is False
+    assert job["synthesis"]["pair_fraction"] == 1.0
+
+
+def test_one_directional_moco_pair_skips_the_unused_online_pass(monkeypatch):
+    m = build("mocov2")
+    calls = []
+    orig = m.encode
+    monkeypatch.setattr(m, "encode", lambda x: calls.append(len(x)) or orig(x))
+    m.ssl_loss(*_batch())
+    assert len(calls) == 1  # z2 is never read by the one-directional loss
+
+
+@pytest.mark.parametrize("name,zero", [("simsiam", True), ("mocov2", False)])
+def test_zero_init_residual_follows_the_reference_code(name, zero):
+    m = build(name)
+    last_bns = [blk.bn2.weight for layer in (m.backbone.layer1, m.backbone.layer2, m.backbone.layer3,
+                                             m.backbone.layer4) for blk in layer]
+    assert all(bool((w == 0).all()) == zero for w in last_bns)
+    m2 = build(name, f"backbone.zero_init_residual={str(not zero).lower()}")  # the switch still wins
+    assert bool((m2.backbone.layer1[0].bn2.weight == 0).all()) == (not zero)
+
+
+# ---------------------------------------------------------------------- defect 3: LCR views and faithful mode
+def test_lcr_clean_fits_only_views_that_carry_gradient():
+    one = build("mocov2", "rationale=lcr")  # one-directional: view 2 has no path to L_C
+    assert one.regularizers[0].views == 1
+    assert build("mocov2", "rationale=lcr", "method.symmetric=true").regularizers[0].views == 2
+    assert build("simsiam", "rationale=lcr").regularizers[0].views == 2
+
+
+def test_lcr_refuses_to_fit_a_flat_target():
+    from fgssl.errors import FgsslError
+
+    with pytest.raises(FgsslError, match="rationale.views=both"):
+        build("mocov2", "rationale=lcr", "rationale.views=both")
+
+
+@pytest.mark.parametrize("extra,match", [(["method=simsiam"], "needs method=mocov2"),
+                                         (["method.symmetric=true"], "one-directional")])
+def test_lcr_faithful_refuses_other_settings(extra, match):
+    from fgssl.errors import FgsslError
+    from fgssl.methods import build_method
+
+    cfg = compose_cfg(["method.queue_size=64", "data.image_size=32", "rationale=lcr", "rationale.mode=faithful",
+                       *extra])
+    with pytest.raises(FgsslError, match=match):
+        build_method(cfg)
+
+
+def test_lcr_faithful_uses_the_code_queue_size():
+    from omegaconf import open_dict
+
+    from fgssl.run import resolve_queue
+
+    for extra, want in (([], 65536), (["method.queue_size=512"], 512)):
+        cfg = compose_cfg(["rationale=lcr", "rationale.mode=faithful", *extra])
+        with open_dict(cfg):
+            resolve_queue(cfg, 2190, 1)
+        assert cfg.method.queue_size == want
+    cfg = compose_cfg(["rationale=lcr"])  # clean mode keeps the dataset-sized default
+    with open_dict(cfg):
+        resolve_queue(cfg, 2190, 1)
+    assert cfg.method.queue_size == 8704
+
+
+# ---------------------------------------------------------------------- defect 4: gauss uses the mean sigma
+def test_gauss_perturbation_uses_the_mean_sigma():
+    from fgssl.fgvr.synthesis import perturb
+
+    big = torch.full((20000, 2), 10.0)
+    var = torch.tensor([0.25, 4.0])  # sigma_j = 0.5, 2.0 -> sigma-bar = 1.25
+    zt = perturb(big, torch.ones_like(big, dtype=torch.bool), "gauss", var=var, beta=0.5,
+                 generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close((zt - big).std(0), torch.tensor([0.625, 0.625]), rtol=0.05, atol=0)
+    zt = perturb(big, torch.ones_like(big, dtype=torch.bool), "gauss_dim", var=var, beta=0.5,
+                 generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close((zt - big).std(0), torch.tensor([0.25, 1.0]), rtol=0.05, atol=0)
+
+
+# ---------------------------------------------------------------------- also: how far the perturbation moves z
+def test_latent_shift_is_logged_every_step():
+    from fgssl.fgvr.synthesis import latent_shift
+
+    z = torch.tensor([[3.0, 4.0, 1.0], [0.0, 0.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    zt = z.clone()
+    assert float(latent_shift(z, zt, mask)) == 0.0
+    zt[0, :2] = 0.0
+    assert float(latent_shift(z, zt, mask)) == pytest.approx(1.0)  # ||(3, 4)|| / ||(3, 4)||
+    m = build("mocov2", "synthesis=syn", "synthesis.perturbation=zero")
+    reg = m.regularizers[0]
+    for nu in (0.0, 1.0):
+        reg.nu_now = nu
+        run_training_step(m, *_batch())
+        assert float(reg.last_logs["syn_shift"]) == pytest.approx(1.0)  # zeroing moves every selected dim by |z|
+
+
+# ---------------------------------------------------------------------- defect 7: retrieval ties
+def _full_sort_retrieval(feats, labels, ks=(1, 5)):
+    """Leave-one-out retrieval by a full sort; ties put the other classes first, then the matches."""
+    x = torch.nn.functional.normalize(feats.double(), dim=1)
+    n = len(x)
+    sim = x @ x.t()
+    hits, aps = {k: 0 for k in ks}, []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        order = sorted(others, key=lambda j: (-float(sim[i, j]), int(labels[j] == labels[i])))
+        match = [int(labels[j] == labels[i]) for j in order]
+        for k in ks:
+            hits[k] += int(any(match[:k]))
+        if sum(match):
+            ranks = [r + 1 for r, t in enumerate(match) if t]
+            aps.append(sum((k + 1) / r for k, r in enumerate(ranks)) / len(ranks))
+    out = {f"rank{k}": 100.0 * hits[k] / n for k in ks}
+    out["map"] = 100.0 * sum(aps) / max(1, len(aps))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["zeros", "tied", "two_points"])
+def test_retrieval_ranks_ties_as_a_full_sort(kind):
+    from fgssl.eval.retrieval import retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (30,), generator=g)
+    if kind == "zeros":
+        feats = torch.zeros(30, 8)
+    elif kind == "tied":  # few distinct directions: many exact ties, across and within classes
+        feats = torch.nn.functional.one_hot(torch.randint(0, 3, (30,), generator=g), 4).float()
+    else:
+        feats = torch.zeros(30, 8)
+        feats[::2, 0] = 1.0
+    got = retrieval_metrics(feats, labels, chunk=7)
+    want = _full_sort_retrieval(feats, labels)
+    assert got["map"] <= 100.0
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-6), k
+
+
+# ---------------------------------------------------------------------- defect 8: SGD linear head
+def test_linear_sgd_head_is_initialised_as_the_lcr_code():
+    from fgssl.eval import linear_sgd
+
+    torch.manual_seed(0)
+    head = linear_sgd.linear_head(2048, 200)
+    assert torch.equal(head.bias, torch.zeros(200))
+    w = head.weight.detach()
+    assert w.mean().abs() < 1e-3 and abs(float(w.std()) - 0.01) < 5e-4
