@@ -45,8 +45,11 @@ def test_bench_tiny_synthetic_and_retrieval(tmp_path: Path, capsys):
     ret = next(r for r in recs if r["kind"] == "retrieval")
     assert {"n", "d", "ms_retrieval", "ms_matmul", "ratio"} <= set(ret)
     assert (ret["n"], ret["d"]) == (300, 32) and ret["ratio"] > 0
+    mr = next(r for r in recs if r["kind"] == "method_ratio")  # issue 11: MoCo v2 vs SimSiam base step
+    assert mr["ratio"] == pytest.approx(steps[0]["ms_per_step"] / steps[1]["ms_per_step"])
     table = capsys.readouterr().out
     assert "ms/step" in table and "mocov2" in table and "simsiam" in table and "retrieval 300x32" in table
+    assert "base step, MoCo v2 / SimSiam" in table
 
 
 def test_bench_real_data_and_loader_on_imagefolder(tmp_path: Path, tiny_imagefolder: Path, capsys):

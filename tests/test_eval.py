@@ -21,7 +21,7 @@ def _one_torch_thread():
 
 
 def brute_force_retrieval(feats, labels, ks=(1, 5)):
-    """SPEC section 3, literally: leave-one-out, cosine; rank-k hit rate; AP = (1/M) sum_k k / r_k."""
+    """docs/method.md (evaluation), literally: leave-one-out, cosine; rank-k hit rate; AP = (1/M) sum_k k / r_k."""
     x = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in feats]
     n = len(x)
     hits = {k: 0 for k in ks}

@@ -216,7 +216,7 @@ def test_perturbations_do_what_they_say():
     z = torch.rand(n, C) * 2 + 0.5
     mask = select_dims("random", 0.5, torch.ones(C), None, n)
     mean, var = torch.full((C,), 0.7), torch.full((C,), 0.25)
-    for kind in ("shuffle", "gauss", "zero", "mean"):
+    for kind in ("shuffle", "gauss", "gauss_dim", "zero", "mean"):
         zt = perturb(z, mask, kind, mean, var, beta=1.0)
         assert torch.equal(zt[~mask], z[~mask]), kind  # unselected dims are untouched
     assert (perturb(z, mask, "zero")[mask] == 0).all()
@@ -231,9 +231,9 @@ def test_perturbations_do_what_they_say():
     for i in range(n):
         src = [r for r in range(n) if r != i and torch.equal(zt[i][mask[i]], z[r][mask[i]])]
         assert len(src) == 1 or not mask[i].any()
-    # gauss: z + beta * sigma * eps, clamped at 0
+    # gauss_dim: z + beta * sigma_j * eps, clamped at 0 (gauss, with the mean sigma: tests/test_faithful.py)
     big = torch.full((20000, 2), 10.0)
-    zt = perturb(big, torch.ones_like(big, dtype=torch.bool), "gauss", var=torch.tensor([0.25, 4.0]), beta=0.5)
+    zt = perturb(big, torch.ones_like(big, dtype=torch.bool), "gauss_dim", var=torch.tensor([0.25, 4.0]), beta=0.5)
     torch.testing.assert_close((zt - big).std(0), torch.tensor([0.25, 1.0]), rtol=0.05, atol=0)
     small = torch.zeros(1000, 2)
     zt = perturb(small, torch.ones_like(small, dtype=torch.bool), "gauss", var=torch.ones(2))

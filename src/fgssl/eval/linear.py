@@ -1,4 +1,4 @@
-"""Fast linear probe on cached frozen features (SPEC section 3, [default]).
+"""Fast linear probe on cached frozen features (docs/method.md, evaluation; our default).
 
 Multinomial logistic regression ``Linear(C, classes)`` fitted by full-batch
 L-BFGS on the L2-normalised cached features. The weight decay is chosen from a

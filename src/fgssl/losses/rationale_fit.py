@@ -4,14 +4,14 @@ Shu, van den Hengel, Liu, "Learning Common Rationale to Improve Self-Supervised
 Representation for Fine-Grained Visual Recognition Problems", CVPR 2023
 (arXiv 2303.01669), Sec. 3.2, and the public code GANPerf/LCR
 (``moco/builder.py``: ``max_mask``; ``main_moco.py``: ``loss_cam``;
-``main.py`` + ``models/byol.py``: the BYOL path). See SPEC §2.
+``main.py`` + ``models/byol.py``: the BYOL path). See docs/method.md, LCR.
 
 Notation: ``M`` (N, h, w) is the raw branch map, ``att`` its normalisation to
 [0, 1], ``gc`` (N, h, w) the Grad-CAM map ``ReLU(sum_c A * dL_C/dA)``.
 
 Two modes (``rationale.mode``):
 
-``faithful`` -- the MoCo v2 code, items 4-5 of SPEC §2, to the letter:
+``faithful`` -- the MoCo v2 code (docs/method.md, LCR), to the letter:
 
 * ``att = (M - min M) / (max(M - min M) + 1e-7)``, min and max over the *whole
   batch* (:func:`minmax_batch`);
@@ -27,7 +27,7 @@ Two modes (``rationale.mode``):
   ``A`` (``dL_C/dA`` itself carries none, as in the code, which calls
   ``autograd.grad`` without ``create_graph``).
 
-``clean`` -- our default (SPEC §2, "Modes"), after the BYOL path of the code:
+``clean`` -- our default (docs/method.md, LCR modes), after the BYOL path of the code:
 
 * ``att`` is min-max normalised *per image* (:func:`minmax_per_image`); an
   image whose map is constant gets ``att = 1`` (plain GAP at test time);

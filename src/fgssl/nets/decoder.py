@@ -1,7 +1,7 @@
 """SYN decoder ``g``: a pooled feature vector ``z`` -> an image (Wang et al., ECCV 2024, Fig. 1a).
 
 The paper only says that a decoder turns the original and the perturbed feature
-vectors into images. Our design (SPEC section 1, item 5):
+vectors into images. Our design (docs/method.md, SYN, decoder):
 
 * ``Linear(C -> width * s0 * s0)`` lifts ``z`` to a small ``s0 x s0`` map;
 * ``k`` residual *up-blocks* each double the side. An up-block is
