@@ -1,4 +1,4 @@
-"""SYN (docs/method.md, issue 4): equivalence with the base method, criteria, perturbations, DDP statistics, smoke runs."""
+"""SYN (docs/method.md): equivalence with the base method, criteria, perturbations, DDP statistics, smoke runs."""
 
 from __future__ import annotations
 

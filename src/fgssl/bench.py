@@ -468,7 +468,8 @@ def format_report(records: List[Dict[str, Any]]) -> str:
                               "time/base", "mem/base", "target"], rows, right=range(3, 10))
     for r in (r for r in records if r["kind"] == "method_ratio"):
         out.append("")
-        out.append(f"base step, MoCo v2 / SimSiam: {r['ratio']:.2f}x ({r['ms_mocov2']:.1f} vs {r['ms_simsiam']:.1f} ms)")
+        out.append(f"base step, MoCo v2 / SimSiam: {r['ratio']:.2f}x "
+                   f"({r['ms_mocov2']:.1f} vs {r['ms_simsiam']:.1f} ms)")
     rvs = [r for r in records if r["kind"] == "real_vs_synthetic"]
     if rvs:
         out.append("")

@@ -15,7 +15,7 @@ from fgssl.errors import FgsslError
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-#: The repo ships a copy of ../shared/data/cub53_birds here (see its PROVENANCE.md).
+#: The repo ships the cub53 bird sample here (see its PROVENANCE.md).
 EMBEDDED_CUB53 = Path(__file__).resolve().parents[3] / "data" / "cub53_birds"
 
 LAYOUTS = {
