@@ -260,6 +260,11 @@ class EvalConfig:
     localisation: bool = True
     #: Part hit radius, as a fraction of the crop side.
     part_radius: float = 0.15
+    #: ``evaluate.py ckpt=colorhist``: bins per RGB channel of the joint colour histogram (bins**3 dims).
+    colorhist_bins: int = 8
+    #: Learning curve: the full evaluation every N epochs (and once before training), appended to
+    #: ``curve.json`` in the run dir (0 = off; the end-of-training evaluation is always run).
+    every_n_epochs: int = 0
 
 
 @dataclass

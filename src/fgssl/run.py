@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgssl.callbacks.curve import LearningCurve
 from fgssl.callbacks.guards import CollapseGuard, LastCheckpoint, RngState, train_steps
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
@@ -23,6 +24,8 @@ from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
 
 RUN_DIR_ENV = "FGSSL_RUN_DIR"
+#: ``evaluate.py ckpt=<floor>``: the non-learned baselines and the metrics file each writes.
+FLOORS = {"random": "metrics_random_init", "colorhist": "metrics_colorhist"}
 CONFIG_NAME = "config.yaml"
 
 
@@ -273,6 +276,12 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     method = apply_speed_knobs(method, cfg, trainer.world_size)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
+    if cfg.eval.every_n_epochs < 0:
+        raise FgsslError(f"eval.every_n_epochs={cfg.eval.every_n_epochs} must be >= 0 (0 = no learning curve)")
+    if cfg.eval.every_n_epochs > 0:  # the learning curve: curve.json, see callbacks/curve.py
+        device = device_of(cfg)
+        trainer.callbacks.append(LearningCurve(out, cfg.eval.every_n_epochs, resuming=resuming, evaluate=lambda m: (
+            run_evaluation(m, dm, cfg, device, progress=False))))
     ckpt_path = None
     if resuming:
         check_checkpoint(last)
@@ -308,10 +317,12 @@ def train(cfg: DictConfig) -> Dict[str, float]:
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
-    """Evaluate ``cfg.ckpt`` (or an untrained network with ``ckpt=random``)."""
+    """Evaluate ``cfg.ckpt``, or a floor: an untrained network (``ckpt=random``) or the colour
+    histogram of the image (``ckpt=colorhist``), both through the same evaluation code."""
     if not cfg.ckpt:
-        raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint) or ckpt=random")
-    if cfg.ckpt == "random":
+        raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint), ckpt=random or ckpt=colorhist")
+    floor = cfg.ckpt in FLOORS
+    if floor:
         run_cfg = cfg
         out = run_dir(cfg)
     else:
@@ -327,12 +338,18 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
     dm.setup()
     resolve_queue(run_cfg, dm.num_train, 1)
-    method = build_method(run_cfg)
-    if cfg.ckpt != "random":
+    if cfg.ckpt == "colorhist":
+        from fgssl.eval.colorhist import ColorHistogram
+
+        method = ColorHistogram(int(cfg.eval.colorhist_bins))
+        run_cfg.eval.localisation = False  # no network: no Grad-CAM map to localise with
+    else:
+        method = build_method(run_cfg)
+    if not floor:
         load_checkpoint_weights(method, ckpt)
     metrics = run_evaluation(method, dm, run_cfg, device_of(run_cfg), progress=cfg.trainer.enable_progress_bar)
     suffix = "" if cfg.eval.feature == "auto" else f"_{cfg.eval.feature}"
-    name = "metrics_random_init" if cfg.ckpt == "random" else f"metrics_eval{suffix}"
+    name = FLOORS[cfg.ckpt] if floor else f"metrics_eval{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     tmp = write_metrics(metrics, out / ".tmp_eval", {"ckpt": str(cfg.ckpt)})

@@ -1,0 +1,82 @@
+"""Floors (colour histogram), the learning curve, and the paired comparison of fgssl.results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fgssl.run
+from conftest import compose_cfg
+from fgssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fgssl.eval.colorhist import ColorHistogram
+from fgssl.eval.evaluate import METRIC_KEYS
+from fixtures import one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()
+
+
+def _normalised(rgb01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (rgb01 - mean) / std
+
+
+def test_colorhist_counts_the_pixels_of_each_colour_cell():
+    img = torch.zeros(1, 3, 4, 4)
+    img[0, 0, :2] = 1.0  # top half pure red, bottom half black
+    h = ColorHistogram(bins=2).embed(_normalised(img))
+    assert h.shape == (1, 8)
+    red, black = (1 * 2 + 0) * 2 + 0, 0
+    expected = torch.zeros(8)
+    expected[red] = expected[black] = 0.5 ** 0.5  # 8 pixels each, L2-normalised
+    assert torch.allclose(h[0], expected, atol=1e-5)
+    # same colours in another layout: same histogram; another colour: orthogonal
+    flipped = ColorHistogram(bins=2).embed(_normalised(img.flip(2)))
+    assert torch.allclose(flipped, h, atol=1e-5)
+    blue = torch.zeros(1, 3, 4, 4)
+    blue[0, 2] = 1.0
+    assert ColorHistogram(bins=2).embed(_normalised(blue)) @ h[0] == pytest.approx(0.0)
+
+
+def test_evaluate_colorhist_floor_writes_its_own_file(tmp_path):
+    cfg = compose_cfg(["ckpt=colorhist", "debug=smoke", "trainer.enable_progress_bar=false"], tmp_path)
+    m = fgssl.run.evaluate(cfg)
+    assert set(METRIC_KEYS) <= set(m)
+    data = json.loads((tmp_path / "metrics_colorhist.json").read_text())
+    assert data["ckpt"] == "colorhist" and data["test/retrieval_map"] == pytest.approx(m["test/retrieval_map"])
+    assert not (tmp_path / "metrics_random_init.json").exists()
+
+
+def _weights(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def test_learning_curve_points_and_training_unchanged(tmp_path):
+    """eval.every_n_epochs=1 writes epochs 0, 1, 2 to curve.json and trains exactly the weights of a run
+    without a curve (the evaluation restores modes and RNG state, and leaves BN buffers alone)."""
+    common = ["debug=smoke", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "eval.knn_every_n_epochs=0"]
+    fgssl.run.train(compose_cfg(common, tmp_path / "plain"))
+    m = fgssl.run.train(compose_cfg([*common, "eval.every_n_epochs=1"], tmp_path / "curve"))
+    points = json.loads((tmp_path / "curve" / "curve.json").read_text())["points"]
+    assert [p["epoch"] for p in points] == [0, 1, 2]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert points[-1]["test/retrieval_map"] == pytest.approx(m["test/retrieval_map"])
+    assert points[0]["test/retrieval_map"] != pytest.approx(points[-1]["test/retrieval_map"])
+    a, b = _weights(tmp_path / "plain" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "curve" / "checkpoints" /
+                                                                                "last.ckpt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the learning curve changed the trained weights"
+    assert not (tmp_path / "plain" / "curve.json").exists()
+
+
+def test_learning_curve_bad_value_is_one_line(tmp_path):
+    from fgssl.errors import FgsslError
+
+    with pytest.raises(FgsslError, match="eval.every_n_epochs=-1"):
+        fgssl.run.train(compose_cfg(["debug=smoke", "eval.every_n_epochs=-1"], tmp_path))
