@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -80,3 +81,35 @@ def test_learning_curve_bad_value_is_one_line(tmp_path):
 
     with pytest.raises(FgsslError, match="eval.every_n_epochs=-1"):
         fgssl.run.train(compose_cfg(["debug=smoke", "eval.every_n_epochs=-1"], tmp_path))
+
+
+def test_results_floor_rows_and_paired_differences(tmp_path, capsys):
+    from scipy.stats import t
+
+    from fgssl import results
+    from test_results import make_job
+
+    root = tmp_path / "sweep"
+    base = {0: 10.0, 1: 12.0, 2: 11.0}
+    syn = {0: 11.0, 1: 12.5, 2: 13.0}  # paired differences 1.0, 0.5, 2.0
+    n = 0
+    for name, vals in (("none", base), ("syn", syn)):
+        for seed, v in vals.items():
+            make_job(root, n, [f"synthesis={name}", f"seed={seed}"], {"test/retrieval_map": v}, seed=seed)
+            n += 1
+    (root / "floors" / "colorhist").mkdir(parents=True)
+    (root / "floors" / "colorhist" / "metrics_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
+    (root / "floors" / "random").mkdir(parents=True)
+    (root / "floors" / "random" / "metrics_random_init.json").write_text(json.dumps({"test/retrieval_map": 4.5}))
+
+    assert results.main([str(root), "--baseline", "synthesis=none", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| floor: colour histogram (ckpt=colorhist) | 1 | None | 6.00 |" in out
+    assert "| floor: untrained network (ckpt=random) | 1 | None | 4.50 |" in out
+    d = [1.0, 0.5, 2.0]
+    m = sum(d) / 3
+    half = t.ppf(0.975, 2) * statistics.stdev(d) / 3 ** 0.5
+    assert f"| synthesis=syn | 3 | {m:+.2f} [{m - half:+.2f}, {m + half:+.2f}] |" in out
+    # a baseline that names no configuration, or several: one line, exit 2
+    assert results.main([str(root), "--baseline", "synthesis=lcr", "--no-write"]) == 2
+    assert "matches 0 configurations" in capsys.readouterr().err

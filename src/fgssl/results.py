@@ -230,6 +230,8 @@ def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
 
 
 def _label(group: Group, varying: Sequence[str]) -> str:
+    if len(group.key) == 1 and group.key[0] in FLOOR_FILES.values():
+        return group.key[0]
     d = dict((_override_key(o), o) for o in group.key)
     parts = [d[k] for k in varying if k in d]
     return ", ".join(parts) if parts else ("(no overrides)" if not group.key else "(all jobs)")
@@ -242,13 +244,84 @@ def _value(group: Group, key: str) -> str:
     return ""
 
 
+#: The non-learned baselines ``evaluate.py ckpt=<floor>`` writes, with their row labels.
+FLOOR_FILES = {"metrics_colorhist.json": "floor: colour histogram (ckpt=colorhist)",
+               "metrics_random_init.json": "floor: untrained network (ckpt=random)"}
+
+
+def find_floors(root: Path) -> List[Group]:
+    """One pseudo-group per floor file name found under ``root`` (several files of a name: one job each)."""
+    out = []
+    for name, label in FLOOR_FILES.items():
+        jobs = []
+        for f in sorted(root.rglob(name)):
+            try:
+                jobs.append(Job(f.parent, [], None, _read_metrics(f)))
+            except Exception:  # noqa: BLE001 - an unreadable floor is left out, like a failed job
+                continue
+        if jobs:
+            out.append(Group((label,), jobs))
+    return out
+
+
+def t_interval(diffs: Sequence[float], level: float = 0.95) -> Tuple[float, Optional[float], Optional[float]]:
+    """Mean of paired differences and its two-sided ``level`` interval (Student t, n-1 dof)."""
+    m = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return m, None, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return m, m - half, m + half
+
+
+def find_baseline(groups: Sequence[Group], spec: str) -> Group:
+    """The configuration whose overrides include every ``key=value`` of ``spec`` (comma or space separated)."""
+    want = [w for w in spec.replace(",", " ").split() if w]
+    hits = [g for g in groups if all(any(canonical([o]) == canonical([w]) for o in g.key) for w in want)]
+    if len(hits) != 1:
+        names = "; ".join(" ".join(g.key) or "(no overrides)" for g in groups)
+        raise ValueError(f"--baseline {spec!r} matches {len(hits)} configurations (need exactly one); "
+                         f"configurations: {names}")
+    return hits[0]
+
+
+def paired_rows(groups: Sequence[Group], base: Group, names: Sequence[str], varying: Sequence[str],
+                digits: int) -> List[str]:
+    """Markdown rows: per configuration and metric, the mean paired difference (same seed) to ``base``
+    with its 95 % t interval over seeds."""
+    by_seed = {str(j.seed): j for j in base.jobs}
+    rows = []
+    for g in groups:
+        if g is base:
+            continue
+        cells = [_label(g, varying)]
+        pairs = [(j, by_seed[str(j.seed)]) for j in g.jobs if str(j.seed) in by_seed]
+        cells.append(str(len(pairs)))
+        for name in names:
+            d = [a.metrics[name] - b.metrics[name] for a, b in pairs if name in a.metrics and name in b.metrics]
+            if not d:
+                cells.append("–")
+                continue
+            m, lo, hi = t_interval(d)
+            cells.append(f"{m:+.{digits}f}" + (f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if lo is not None else ""))
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return rows
+
+
 # ====================================================================== output
 def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
-                 digits: int = 2) -> Dict[str, Any]:
-    """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``."""
+                 digits: int = 2, baseline: Optional[str] = None) -> Dict[str, Any]:
+    """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``.
+
+    Floor rows (``metrics_colorhist.json``, ``metrics_random_init.json`` anywhere under ``root``) come
+    first; with ``baseline`` (``key=value`` overrides naming one configuration) a second table gives
+    every other configuration's mean paired difference to it, seed by seed, with a 95 % t interval."""
     jobs = [read_job(d) for d in find_job_dirs(root)]
     failed = [j for j in jobs if j.error is not None]
     groups = group_jobs(jobs, ignore)
+    floors = find_floors(root)
+    base = find_baseline(groups, baseline) if baseline else None
     names = metric_names(groups, patterns)
     varying, common = varying_keys(groups)
 
@@ -270,7 +343,7 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
         header = ["configuration", "n", "seeds"] + names
         md.append("| " + " | ".join(header) + " |")
         md.append("|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|")
-        for g in groups:
+        for g in floors + groups:
             cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds)]
             row: Dict[str, Any] = {"configuration": _label(g, varying)}
             for k in varying:
@@ -291,6 +364,14 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
             csv_rows.append(row)
     else:
         md.append("No job with a readable metrics.json.")
+    if base is not None and len(groups) > 1:
+        head = [k for k in names if k in HEADLINE] or names
+        md += ["", f"## Paired differences vs `{_label(base, varying)}`", "",
+               "Mean over seeds of (configuration − baseline) for the same seed, with its 95 % interval "
+               "(Student t, n−1 degrees of freedom).", "",
+               "| configuration | pairs | " + " | ".join(head) + " |",
+               "|" + "|".join(["---"] * 2 + ["---:"] * len(head)) + "|"]
+        md += paired_rows(groups, base, head, varying, digits)
     if failed or missing:
         md += ["", f"## Missing or failed jobs ({len(failed) + len(missing)})", ""]
         for j in failed:
@@ -321,13 +402,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="only the metrics matching this pattern (repeatable), e.g. 'test/retrieval_*'")
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; do not write results.md/.csv")
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,...]",
+                   help="the configuration to compare every other one against, seed by seed (paired "
+                        "differences with 95%% t intervals), e.g. 'synthesis=none,rationale=none'")
     a = p.parse_args(argv)
     root = Path(a.dir).expanduser()
     if not root.is_dir():
         print(f"fgssl.results: {root} is not a directory", file=sys.stderr)
         return 2
     ignore = list(DEFAULT_IGNORE) + [k for k in a.ignore if k not in DEFAULT_IGNORE]
-    res = build_tables(root, ignore, a.metrics, a.digits)
+    try:
+        res = build_tables(root, ignore, a.metrics, a.digits, a.baseline)
+    except ValueError as e:
+        print(f"fgssl.results: {e}", file=sys.stderr)
+        return 2
     if not res["groups"] and not res["failed"]:
         print(f"fgssl.results: no job directory (with .hydra/overrides.yaml or metrics.json) under {root}",
               file=sys.stderr)
