@@ -113,3 +113,23 @@ def test_results_floor_rows_and_paired_differences(tmp_path, capsys):
     # a baseline that names no configuration, or several: one line, exit 2
     assert results.main([str(root), "--baseline", "synthesis=lcr", "--no-write"]) == 2
     assert "matches 0 configurations" in capsys.readouterr().err
+
+
+def test_curves_figure_from_curve_files_and_floors(tmp_path, capsys):
+    from fgssl import curves
+
+    for run, vals in (("a", [5.0, 6.0, 8.0]), ("b", [5.0, 4.0, 3.0])):
+        (tmp_path / run).mkdir()
+        pts = [{"epoch": e, "step": 10 * e, "test/retrieval_map": v, "test/knn_top1": v} for e, v in enumerate(vals)]
+        (tmp_path / run / "curve.json").write_text(json.dumps({"points": pts}))
+    (tmp_path / "metrics_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
+    found, floors = curves.collect([tmp_path])
+    assert sorted(found) == ["a", "b"] and [p["test/retrieval_map"] for p in found["a"]] == [5.0, 6.0, 8.0]
+    assert list(floors) == ["floor: colour histogram (ckpt=colorhist)"]
+    assert curves.main([str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    assert curves.main([str(tmp_path / "a" / "..")[:-3] + "missing"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert curves.main([str(empty)]) == 2
+    assert "no curve.json" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""``python -m fgssl.curves DIR [DIR ...]``: learning curves against the floors.
+
+Every ``curve.json`` under the given directories (written by ``eval.every_n_epochs``, see
+``fgssl/callbacks/curve.py``) becomes one line per metric: retrieval mAP, rank-1, rank-5, linear
+top-1 and kNN top-1 against epochs. The floors found under the same directories
+(``metrics_colorhist.json``, ``metrics_random_init.json``, from ``evaluate.py ckpt=colorhist`` /
+``ckpt=random``) are drawn as horizontal lines. Writes one PNG (``--out``, default
+``<first DIR>/curves.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from fgssl.callbacks.curve import CURVE_FILE, read_curve
+from fgssl.results import FLOOR_FILES
+
+PANELS = (("test/retrieval_map", "retrieval mAP"), ("test/retrieval_rank1", "retrieval rank-1"),
+          ("test/retrieval_rank5", "retrieval rank-5"), ("test/linear_top1", "linear top-1"),
+          ("test/knn_top1", "kNN top-1"))
+
+
+def collect(dirs: Sequence[Path]) -> Tuple[Dict[str, List[dict]], Dict[str, Dict[str, float]]]:
+    """(run label -> curve points, floor label -> metrics) from everything under ``dirs``."""
+    curves: Dict[str, List[dict]] = {}
+    floors: Dict[str, Dict[str, float]] = {}
+    for d in dirs:
+        for f in sorted(d.rglob(CURVE_FILE)):
+            points = read_curve(f)
+            if points:
+                label = str(f.parent.relative_to(d)) if f.parent != d else d.name
+                curves[label if label != "." else d.name] = points
+        for name, label in FLOOR_FILES.items():
+            for f in sorted(d.rglob(name)):
+                floors.setdefault(label, json.loads(f.read_text()))
+    return curves, floors
+
+
+def plot(curves: Dict[str, List[dict]], floors: Dict[str, Dict[str, float]], out: Path,
+         title: Optional[str] = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6))
+    for ax, (key, name) in zip(axes, PANELS):
+        for label, points in curves.items():
+            pts = [(p["epoch"], p[key]) for p in points if key in p]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        for (label, m), style in zip(floors.items(), ("--", ":")):
+            if key in m:
+                ax.axhline(m[key], color="k", ls=style, lw=1, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) // 4), 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fgssl.curves", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="run or sweep directories holding curve.json files")
+    p.add_argument("--out", default=None, help="PNG to write (default: <first dir>/curves.png)")
+    p.add_argument("--title", default=None)
+    a = p.parse_args(argv)
+    dirs = [Path(d).expanduser() for d in a.dirs]
+    for d in dirs:
+        if not d.is_dir():
+            print(f"fgssl error: {d} is not a directory", file=sys.stderr)
+            return 2
+    curves, floors = collect(dirs)
+    if not curves:
+        print(f"fgssl error: no {CURVE_FILE} under {', '.join(map(str, dirs))} (train with eval.every_n_epochs=N)",
+              file=sys.stderr)
+        return 2
+    out = plot(curves, floors, Path(a.out) if a.out else dirs[0] / "curves.png", a.title)
+    print(f"{len(curves)} curve(s), {len(floors)} floor(s): {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
