@@ -133,3 +133,21 @@ def test_curves_figure_from_curve_files_and_floors(tmp_path, capsys):
     empty.mkdir()
     assert curves.main([str(empty)]) == 2
     assert "no curve.json" in capsys.readouterr().err
+
+
+def test_evidence_collect_copies_finished_records_only(tmp_path):
+    from fgssl import evidence
+    from test_results import make_job
+
+    src, dst = tmp_path / "sweep", tmp_path / "docs"
+    done = make_job(src, 0, ["seed=0"], {"test/retrieval_map": 5.0}, seed=0)
+    (done / "checkpoints" / "last.ckpt").write_bytes(b"x" * 100)
+    (done / "curve.json").write_text("{}")
+    make_job(src, 1, ["seed=1"], None, seed=1)  # running: no metrics.json
+    (src / "floors").mkdir()
+    (src / "floors" / "metrics_colorhist.json").write_text("{}")
+    assert evidence.main(["collect", str(src), str(dst)]) == 0
+    copied = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert copied == sorted([f"{done.name}/metrics.json", f"{done.name}/curve.json",
+                             f"{done.name}/checkpoints/config.yaml", f"{done.name}/.hydra/overrides.yaml",
+                             "floors/metrics_colorhist.json"])

@@ -311,16 +311,20 @@ def paired_rows(groups: Sequence[Group], base: Group, names: Sequence[str], vary
 
 # ====================================================================== output
 def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
-                 digits: int = 2, baseline: Optional[str] = None) -> Dict[str, Any]:
+                 digits: int = 2, baseline: Optional[str] = None,
+                 floor_dirs: Sequence[Path] = ()) -> Dict[str, Any]:
     """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``.
 
-    Floor rows (``metrics_colorhist.json``, ``metrics_random_init.json`` anywhere under ``root``) come
-    first; with ``baseline`` (``key=value`` overrides naming one configuration) a second table gives
-    every other configuration's mean paired difference to it, seed by seed, with a 95 % t interval."""
+    Floor rows (``metrics_colorhist.json``, ``metrics_random_init.json`` anywhere under ``root`` or
+    ``floor_dirs``) come first; with ``baseline`` (``key=value`` overrides naming one configuration)
+    a second table gives every other configuration's mean paired difference to it, seed by seed, with
+    a 95 % t interval."""
     jobs = [read_job(d) for d in find_job_dirs(root)]
     failed = [j for j in jobs if j.error is not None]
     groups = group_jobs(jobs, ignore)
     floors = find_floors(root)
+    for d in floor_dirs:  # floors kept beside the sweep (e.g. shared by several sweeps)
+        floors += [f for f in find_floors(d) if f.key not in {g.key for g in floors}]
     base = find_baseline(groups, baseline) if baseline else None
     names = metric_names(groups, patterns)
     varying, common = varying_keys(groups)
@@ -402,6 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="only the metrics matching this pattern (repeatable), e.g. 'test/retrieval_*'")
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; do not write results.md/.csv")
+    p.add_argument("--floors", action="append", default=[], metavar="DIR",
+                   help="also read floor files (metrics_colorhist.json, metrics_random_init.json) under DIR")
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,...]",
                    help="the configuration to compare every other one against, seed by seed (paired "
                         "differences with 95%% t intervals), e.g. 'synthesis=none,rationale=none'")
@@ -412,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     ignore = list(DEFAULT_IGNORE) + [k for k in a.ignore if k not in DEFAULT_IGNORE]
     try:
-        res = build_tables(root, ignore, a.metrics, a.digits, a.baseline)
+        res = build_tables(root, ignore, a.metrics, a.digits, a.baseline, [Path(d) for d in a.floors])
     except ValueError as e:
         print(f"fgssl.results: {e}", file=sys.stderr)
         return 2
