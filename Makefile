@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fgssl-installed
 
-.PHONY: install train test test-all bench lint figures data clean
+.PHONY: install train test test-all bench lint figures data evidence clean
 
 install: $(STAMP)
 
@@ -39,6 +39,22 @@ data: install
 
 lint: install
 	$(BIN)/ruff check src tests train.py evaluate.py figures.py
+
+# The evidence sweep (docs/evidence.md): floors, MoCo v2 base/+SYN/+LCR/+SYN+LCR and SimSiam base/+SYN/+LCR,
+# 3 paired seeds each, then the tables with paired differences. Hours on a CPU; rerunning resumes
+# (finished jobs are only re-evaluated). On a GPU: make evidence EVIDENCE=experiment=gpu_evidence EVDIR=multirun/gpu_evidence
+EVIDENCE ?= experiment=cpu_evidence
+EVDIR ?= multirun/cpu_evidence
+SEEDS ?= 0,1,2
+evidence: install
+	$(BIN)/python evaluate.py $(EVIDENCE) ckpt=colorhist out_dir=$(EVDIR)/floors/colorhist
+	$(BIN)/python evaluate.py $(EVIDENCE) ckpt=random out_dir=$(EVDIR)/floors/random
+	$(BIN)/python train.py -m $(EVIDENCE) method=mocov2 synthesis=none,syn rationale=none,lcr seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/mocov2
+	$(BIN)/python train.py -m $(EVIDENCE) method=simsiam synthesis=none,syn rationale=none seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/simsiam
+	$(BIN)/python train.py -m $(EVIDENCE) method=simsiam synthesis=none rationale=lcr seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/simsiam
+	$(BIN)/python -m fgssl.results $(EVDIR)/mocov2 --floors $(EVDIR)/floors --baseline synthesis=none,rationale=none
+	$(BIN)/python -m fgssl.results $(EVDIR)/simsiam --floors $(EVDIR)/floors --baseline synthesis=none,rationale=none
+	$(BIN)/python -m fgssl.curves $(EVDIR) --out $(EVDIR)/curves.png
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
