@@ -87,6 +87,9 @@ class MethodConfig:
     #: Symmetrised InfoNCE (both views as query and key). false = one-directional, as the MoCo v2
     #: and LCR code (one online pass with backward per step instead of two).
     symmetric: bool = False
+    #: Shuffle BN on one device: BatchNorm over this many interleaved groups of the batch (the MoCo
+    #: papers' per-GPU BN), keys shuffled before the key encoder (nets/split_bn.py); 1 = plain BN.
+    bn_splits: int = 1
     # --- SimSiam -------------------------------------------------------------
     pred_hidden: int = 512
     #: Keep the predictor at a fixed lr (SimSiam paper, Sec. 4.1).

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgssl.errors import FgsslError
 from fgssl.losses.infonce import infonce_loss
 from fgssl.methods.base import SSLMethod, SSLOutput
 from fgssl.nets.heads import MoCoV2Projector
+from fgssl.nets.split_bn import convert_to_split_bn
 
 
 def default_queue_size(num_train: int, global_batch: int, cap: int = 65536) -> int:
@@ -40,6 +42,11 @@ class MoCoV2(SSLMethod):
         super().__init__(cfg)
         m = cfg.method
         self.projector = MoCoV2Projector(self.feat_dim, m.proj_hidden or self.feat_dim, m.proj_dim)
+        if m.bn_splits < 1 or cfg.data.batch_size % m.bn_splits:
+            raise FgsslError(f"method.bn_splits={m.bn_splits} must be >= 1 and divide data.batch_size="
+                             f"{cfg.data.batch_size} (1 = plain BatchNorm)")
+        if m.bn_splits > 1:
+            convert_to_split_bn(self.backbone, m.bn_splits)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projector_momentum = copy.deepcopy(self.projector)
         for p in list(self.backbone_momentum.parameters()) + list(self.projector_momentum.parameters()):
@@ -63,9 +70,21 @@ class MoCoV2(SSLMethod):
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
+        perm = self.key_shuffle(x.shape[0], x.device)
+        if perm is not None:  # shuffle BN: keys meet other images' statistics than their queries
+            x = x[perm]
         with self.backbone_autocast():
             a = self.backbone_momentum.feature_map(x)
-        return F.normalize(self.projector_momentum(a.float().mean(dim=(2, 3))), dim=1)
+        k = F.normalize(self.projector_momentum(a.float().mean(dim=(2, 3))), dim=1)
+        return k if perm is None else k[torch.argsort(perm)]
+
+    def key_shuffle(self, n: int, device: torch.device) -> Optional[Tensor]:
+        """The key batch's order under split BN (``method.bn_splits > 1``, training), else None. Drawn
+        from (seed, training step), not from the global RNG: a resumed run draws the same order."""
+        if self.cfg.method.bn_splits <= 1 or not self.backbone_momentum.training:
+            return None
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.train_steps)
+        return torch.randperm(n, generator=g).to(device)
 
     def uses_online_z2(self) -> bool:
         return bool(self.cfg.method.symmetric)
