@@ -41,20 +41,16 @@ lint: install
 	$(BIN)/ruff check src tests train.py evaluate.py figures.py
 
 # The evidence sweep (docs/evidence.md): floors, MoCo v2 base/+SYN/+LCR/+SYN+LCR and SimSiam base/+SYN/+LCR,
-# 3 paired seeds each, then the tables with paired differences. Hours on a CPU; rerunning resumes
-# (finished jobs are only re-evaluated). On a GPU: make evidence EVIDENCE=experiment=gpu_evidence EVDIR=multirun/gpu_evidence
-EVIDENCE ?= experiment=cpu_evidence
-EVDIR ?= multirun/cpu_evidence
-SEEDS ?= 0,1,2
+# 3 paired seeds each, then the tables with paired differences and the learning curves. Hours on a CPU.
+# Each finished job's record lands in docs/evidence/<experiment>/ (commit it): rerunning continues where
+# the last run stopped, on any clone. On a GPU: make evidence EXPERIMENT=gpu_evidence
+EXPERIMENT ?= cpu_evidence
+EVREC := docs/evidence/$(EXPERIMENT)
 evidence: install
-	$(BIN)/python evaluate.py $(EVIDENCE) ckpt=colorhist out_dir=$(EVDIR)/floors/colorhist
-	$(BIN)/python evaluate.py $(EVIDENCE) ckpt=random out_dir=$(EVDIR)/floors/random
-	$(BIN)/python train.py -m $(EVIDENCE) method=mocov2 synthesis=none,syn rationale=none,lcr seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/mocov2
-	$(BIN)/python train.py -m $(EVIDENCE) method=simsiam synthesis=none,syn rationale=none seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/simsiam
-	$(BIN)/python train.py -m $(EVIDENCE) method=simsiam synthesis=none rationale=lcr seed=$(SEEDS) hydra.sweep.dir=$(EVDIR)/simsiam
-	$(BIN)/python -m fgssl.results $(EVDIR)/mocov2 --floors $(EVDIR)/floors --baseline synthesis=none,rationale=none
-	$(BIN)/python -m fgssl.results $(EVDIR)/simsiam --floors $(EVDIR)/floors --baseline synthesis=none,rationale=none
-	$(BIN)/python -m fgssl.curves $(EVDIR) --out $(EVDIR)/curves.png
+	$(BIN)/python -m fgssl.evidence run --experiment $(EXPERIMENT) $(ARGS)
+	$(BIN)/python -m fgssl.results $(EVREC)/mocov2 --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
+	$(BIN)/python -m fgssl.results $(EVREC)/simsiam --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
+	$(BIN)/python -m fgssl.curves $(EVREC) --out $(EVREC)/curves.png
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,50 @@ def test_evidence_collect_copies_finished_records_only(tmp_path):
     assert copied == sorted([f"{done.name}/metrics.json", f"{done.name}/curve.json",
                              f"{done.name}/checkpoints/config.yaml", f"{done.name}/.hydra/overrides.yaml",
                              "floors/metrics_colorhist.json"])
+
+
+def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monkeypatch, capsys):
+    """The plan is floors + 7 rows x seeds; a job with a record is skipped; a finished job's record is
+    copied (never its checkpoint); a failed job is reported and the rest still run."""
+    import subprocess
+
+    from fgssl import evidence
+
+    jobs = evidence.plan([0, 1])
+    assert len(jobs) == 2 + 7 * 2 and [j.name for j in jobs[:2]] == ["floors/colorhist", "floors/random"]
+    assert jobs[2].name == "mocov2/synthesis_none_rationale_none_seed_0"
+    record, work = tmp_path / "record", tmp_path / "work"
+    (record / jobs[2].name).mkdir(parents=True)
+    (record / jobs[2].name / "metrics.json").write_text("{}")  # recorded by an earlier session
+    ran = []
+
+    def fake_run(cmd, cwd):
+        run_dir = Path([c for c in cmd if c.startswith("hydra.run.dir=")][0].split("=", 1)[1])
+        ran.append(cmd)
+        if "seed=1" in cmd and "method=simsiam" in cmd:
+            return subprocess.CompletedProcess(cmd, 1)  # a failing job
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text("[]")
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+        name = "metrics_colorhist.json" if "ckpt=colorhist" in cmd else (
+            "metrics_random_init.json" if "ckpt=random" in cmd else "metrics.json")
+        (run_dir / name).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(evidence.subprocess, "run", fake_run)
+    args = ["--seeds", "0,1", "--work", str(work), "--record", str(record)]
+    assert evidence.main(["run", *args]) == 1
+    assert len(ran) == len(jobs) - 1
+    assert any(c[1].endswith("evaluate.py") and "ckpt=random" in c for c in ran)
+    assert all("experiment=cpu_evidence" in c for c in ran)
+    assert (record / "floors" / "random" / "metrics_random_init.json").is_file()
+    assert (record / "simsiam/synthesis_syn_rationale_none_seed_0" / "metrics.json").is_file()
+    assert not list(record.rglob("*.ckpt"))
+    assert "failed: simsiam/synthesis_none_rationale_none_seed_1" in capsys.readouterr().err
+    ran.clear()
+    assert evidence.main(["run", *args]) == 1  # a rerun retries only the failed jobs
+    assert len(ran) == 3
+    assert evidence.main(["status", *args, "--shard", "0/2"]) == 0
+    with pytest.raises(SystemExit, match="--shard '2/2' must be I/N"):
+        evidence.main(["run", *args, "--shard", "2/2"])

@@ -1,27 +1,86 @@
-"""``python -m fgssl.evidence collect SRC DST``: copy the small outputs of finished jobs for committing.
+"""``python -m fgssl.evidence``: the evidence sweep, resumable across machines and sessions.
 
-An evidence sweep takes hours and spans sessions; what is worth keeping in git is each finished
-job's record, never its checkpoints. For every job folder under SRC that holds a ``metrics.json``
-(a finished run) and every floor file, the files below are copied to the same relative path under
-DST: ``metrics*.json``, ``curve.json``, ``checkpoints/config.yaml`` (the resolved config),
-``.hydra/overrides.yaml`` and ``csv/metrics.csv``. Unfinished jobs are listed, not copied.
+The comparison behind docs/results.md is a plan of jobs: every (method, regularizers) row times
+every seed, all at one recipe (``experiment=cpu_evidence`` by default), plus the two floors. It
+takes hours on a CPU, longer than one sitting, and checkpoints do not belong in git. So each job's
+small record (``metrics.json``, ``curve.json``, the resolved config, its overrides and CSV log) is
+copied into a record folder that *is* committed (``docs/evidence/<experiment>/``), and a job whose
+record exists is never run again. Rerunning the same command on a fresh clone therefore continues
+where the last one stopped; a job interrupted on this machine resumes from its own ``last.ckpt``
+(rerunning train.py in the same run folder, the usual fgssl resume).
+
+    python -m fgssl.evidence run                       # the whole plan, one job at a time
+    python -m fgssl.evidence run --shard 0/2 &         # or split it over two processes
+    python -m fgssl.evidence run --shard 1/2 &         #   (OMP_NUM_THREADS=1 each on 2 cores)
+    python -m fgssl.evidence status                    # done / to do
+    python -m fgssl.evidence collect SRC DST           # copy finished records by hand
+
+Jobs run through ``train.py`` / ``evaluate.py`` in subprocesses, so each is exactly the command a
+user would type (printed before it starts). This module only decides which of them still need to
+run; Hydra composes and Lightning trains.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
+from fgssl.config import run_slug
 from fgssl.results import FLOOR_FILES, find_job_dirs
 
 KEEP = ("metrics.json", "curve.json", "checkpoints/config.yaml", ".hydra/overrides.yaml", "csv/metrics.csv")
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The rows of the comparison: (method, synthesis, rationale). MoCo v2 gets all four, SimSiam three.
+ROWS: Tuple[Tuple[str, str, str], ...] = (
+    ("mocov2", "none", "none"), ("mocov2", "syn", "none"), ("mocov2", "none", "lcr"), ("mocov2", "syn", "lcr"),
+    ("simsiam", "none", "none"), ("simsiam", "syn", "none"), ("simsiam", "none", "lcr"),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "train" or a floor ("colorhist", "random")
+    overrides: Tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        if self.kind != "train":
+            return f"floors/{self.kind}"
+        method = self.overrides[0].split("=", 1)[1]
+        return f"{method}/{run_slug('_'.join(self.overrides[1:]))}"
+
+    def command(self, experiment: str, run_dir: Path, extra: Sequence[str] = ()) -> List[str]:
+        common = [f"experiment={experiment}", *extra]
+        if self.kind == "train":
+            return [sys.executable, str(ROOT / "train.py"), *common, *self.overrides, f"hydra.run.dir={run_dir}"]
+        return [sys.executable, str(ROOT / "evaluate.py"), *common, f"ckpt={self.kind}", f"out_dir={run_dir}",
+                f"hydra.run.dir={run_dir}"]
+
+    def done(self, record: Path) -> bool:
+        if self.kind == "train":
+            return (record / self.name / "metrics.json").is_file()
+        return any((record / self.name / f).is_file() for f in FLOOR_FILES)
+
+
+def plan(seeds: Sequence[int], rows: Sequence[Tuple[str, str, str]] = ROWS) -> List[Job]:
+    """Floors first, then seed-major order: every row of seed 0, then of seed 1, ... (paired
+    comparisons become available as early as possible)."""
+    jobs = [Job("colorhist", ()), Job("random", ())]
+    for seed, (m, s, r) in itertools.product(seeds, rows):
+        jobs.append(Job("train", (f"method={m}", f"synthesis={s}", f"rationale={r}", f"seed={seed}")))
+    return jobs
 
 
 def collect(src: Path, dst: Path) -> List[Path]:
-    """Copy the finished jobs' records; returns the unfinished job folders."""
+    """Copy the finished jobs' records (and floor files) from ``src`` to ``dst``; returns the
+    unfinished job folders."""
     unfinished = []
     for job in find_job_dirs(src):
         if not (job / "metrics.json").is_file():
@@ -41,22 +100,70 @@ def collect(src: Path, dst: Path) -> List[Path]:
     return unfinished
 
 
+def _shard(text: Optional[str]) -> Tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"fgssl error: --shard {text!r} must be I/N with 0 <= I < N, e.g. 0/2") from None
+    return i, n
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fgssl.evidence", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "status"):
+        c = sub.add_parser(name)
+        c.add_argument("--experiment", default="cpu_evidence")
+        c.add_argument("--seeds", default="0,1,2")
+        c.add_argument("--work", default=None, help="run folders (default multirun/<experiment>)")
+        c.add_argument("--record", default=None, help="committed records (default docs/evidence/<experiment>)")
+        c.add_argument("--shard", default=None, help="I/N: run every N-th job of the plan, starting at I")
+        c.add_argument("--only", default=None, help="only jobs whose name contains this text (e.g. mocov2)")
+        c.add_argument("extra", nargs="*", help="more Hydra overrides for every job (e.g. trainer=gpu)")
     c = sub.add_parser("collect", help="copy finished jobs' metrics, curves and configs from SRC to DST")
     c.add_argument("src")
     c.add_argument("dst")
     a = p.parse_args(argv)
-    src = Path(a.src)
-    if not src.is_dir():
-        print(f"fgssl error: {src} is not a directory", file=sys.stderr)
+    if a.cmd == "collect":
+        src = Path(a.src)
+        if not src.is_dir():
+            print(f"fgssl error: {src} is not a directory", file=sys.stderr)
+            return 2
+        for j in collect(src, Path(a.dst)):
+            print(f"not finished (rerun its command to resume): {j}")
+        print(f"collected into {a.dst}")
+        return 0
+
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s != ""]
+    except ValueError:
+        print(f"fgssl error: --seeds {a.seeds!r} must be integers separated by commas", file=sys.stderr)
         return 2
-    unfinished = collect(src, Path(a.dst))
-    for j in unfinished:
-        print(f"not finished (rerun its command to resume): {j}")
-    print(f"collected into {a.dst}")
-    return 0
+    work = Path(a.work or f"multirun/{a.experiment}")
+    record = Path(a.record or ROOT / "docs" / "evidence" / a.experiment)
+    i, n = _shard(a.shard)
+    jobs = [j for k, j in enumerate(plan(seeds)) if k % n == i and (a.only is None or a.only in j.name)]
+    todo = [j for j in jobs if not j.done(record)]
+    print(f"evidence {a.experiment}: {len(jobs) - len(todo)} of {len(jobs)} job(s) recorded in {record}")
+    if a.cmd == "status":
+        for j in todo:
+            print(f"  to do: {j.name}")
+        return 0
+    failed = []
+    for k, j in enumerate(todo, 1):
+        cmd = j.command(a.experiment, work.resolve() / j.name, a.extra)
+        print(f"[{k}/{len(todo)}] {j.name}\n  $ {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            failed.append(j.name)
+            continue
+        collect(work / j.name, record / j.name)
+    for name in failed:
+        print(f"failed: {name} (its log is in {work / name}); rerun to retry", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
