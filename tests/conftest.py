@@ -20,6 +20,15 @@ CONF = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# the device pipeline's decoded caches (data/device.py) go to one temporary directory per test session
+# (also for the train.py subprocesses, which inherit the environment); removed at the end
+if "FGSSL_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["FGSSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="fgssl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FGSSL_CACHE_DIR"], True)
 
 register_configs()
 

@@ -199,10 +199,11 @@ def _make_bad(fx):
     return zero, garbage, cut
 
 
-def test_bad_images_skipped_with_warning_and_listed(tmp_path):
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_bad_images_skipped_with_warning_and_listed(pipeline, tmp_path):
     fx = make_imagefolder_set(tmp_path / "ds")
     zero, garbage, cut = _make_bad(fx)
-    dm = _dm(fx, tmp_path, "data.eval_batch_size=4")
+    dm = _dm(fx, tmp_path, "data.eval_batch_size=4", f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'c'}")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         dm.setup()
@@ -212,8 +213,17 @@ def test_bad_images_skipped_with_warning_and_listed(tmp_path):
         assert any(str(p) in m for m in msgs), f"no warning names {p}: {msgs}"
     assert dm.num_train == 16
     assert str(zero) not in {p for p, _ in dm.train_samples}
-    # the unreadable test image is replaced, the batch count is unchanged
-    assert sum(b[0].shape[0] for b in batches) == 9
+    if pipeline == "workers":  # the unreadable test image is replaced when loaded, the batch count is unchanged
+        assert sum(b[0].shape[0] for b in batches) == 9
+    else:  # the decode-once cache leaves it out (and names it), also when the cache is loaded from disk
+        assert sum(b[0].shape[0] for b in batches) == 8 and str(cut) not in {p for p, _ in dm.test_samples}
+        (tmp_path / "run" / "bad_images.txt").unlink()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            again = _dm(fx, tmp_path, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'c'}")
+            again.setup()
+        assert again.test_pipe.split.hit and again.test_samples == dm.test_samples
+        assert any(str(cut) in str(w.message) for w in rec)
     log = tmp_path / "run" / "bad_images.txt"
     listed = dict(read_bad_log(log))
     assert set(listed) == {str(zero), str(garbage), str(cut)}
@@ -240,13 +250,25 @@ def test_bad_image_error_policy_at_load(workers, tmp_path):
     cut = Path(fx.test[4][0])
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) - 50])
-    dm = _dm(fx, tmp_path, "data.on_bad_image=error", f"data.num_workers={workers}")
+    dm = _dm(fx, tmp_path, "data.on_bad_image=error", f"data.num_workers={workers}", "data.pipeline=workers")
     dm.setup()
     with pytest.raises(FgsslError) as ei:
         list(dm.test_loader())
     msg = str(ei.value)
     assert str(cut) in msg
     assert "\n" not in msg and "Traceback" not in msg, msg
+
+
+def test_bad_image_error_policy_device_pipeline_stops_at_decode(tmp_path):
+    """The device pipeline decodes at setup: a file that only fails when decoded stops the run there, named."""
+    fx = make_imagefolder_set(tmp_path / "ds")
+    cut = Path(fx.test[4][0])
+    cut.write_bytes(cut.read_bytes()[:-50])
+    dm = _dm(fx, tmp_path, "data.on_bad_image=error", "data.pipeline=device", f"data.cache_dir={tmp_path / 'c'}")
+    with pytest.raises(FgsslError) as ei:
+        dm.setup()
+    msg = str(ei.value)
+    assert str(cut) in msg and "data.on_bad_image=skip" in msg and "\n" not in msg, msg
 
 
 def test_unknown_bad_image_policy(tmp_path):

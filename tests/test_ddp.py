@@ -32,16 +32,18 @@ def _steps(run):
     return [r for r in rows if r.get("lr/backbone")], [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
 
 
+@pytest.mark.parametrize("pipeline", ["device", pytest.param("workers", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["mocov2", "simsiam"])
-def test_ddp_two_cpu_processes_equal_one_process(method, tmp_path):
+def test_ddp_two_cpu_processes_equal_one_process(method, pipeline, tmp_path):
     """2 gloo processes x batch 8 against 1 process x batch 16 (same seed, same global batches):
     the losses, the weights after the steps (so the gradients), BatchNorm statistics (GlobalBatchNorm),
-    MoCo's queue and the kNN monitor on all-gathered features agree."""
+    MoCo's queue and the kNN monitor on all-gathered features agree. Both input pipelines."""
     run = tmp_path / "run"
     _train(tmp_path, run, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"method={method}",
-           f"data.batch_size={SMOKE_BATCH // 2}")
+           f"data.batch_size={SMOKE_BATCH // 2}", f"data.pipeline={pipeline}")
     ref = tmp_path / "ref"
-    _train(tmp_path, ref, "trainer=cpu", f"method={method}", f"data.batch_size={SMOKE_BATCH}")
+    _train(tmp_path, ref, "trainer=cpu", f"method={method}", f"data.batch_size={SMOKE_BATCH}",
+           f"data.pipeline={pipeline}")
 
     a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -54,9 +56,12 @@ def test_ddp_two_cpu_processes_equal_one_process(method, tmp_path):
     steps_a, knn_a = _steps(ref)
     steps_b, knn_b = _steps(run)
     assert len(steps_a) == len(steps_b) == 2
-    for ra, rb in zip(steps_a, steps_b):  # DDP logs global-batch means (sync_dist)
+    for i, (ra, rb) in enumerate(zip(steps_a, steps_b)):  # DDP logs global-batch means (sync_dist)
+        # step 1: same weights, same (bitwise) inputs. Step 2 follows a step whose gradients were all-reduced
+        # in another order: SimSiam's loss, a negative cosine near 0 at init, then differs by up to ~3e-6
+        # (measured on the device pipeline's inputs; 0.1 % of the loss, the weights agree to 1e-4)
         for key in ("train/loss", "train/L_C", "lr/backbone"):
-            assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-4, abs=1e-6), key
+            assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-4, abs=1e-6 if i == 0 else 1e-5), key
     assert knn_b == pytest.approx(knn_a, abs=1e-6), "kNN on the all-gathered features"
     # the lr is scaled by the global batch (2 processes x 8); logged after the first of 2 cosine steps: x 0.5
     lr = {"mocov2": 0.06, "simsiam": 0.05}[method]

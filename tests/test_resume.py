@@ -51,8 +51,9 @@ runpy.run_path(os.path.join(os.environ["FGSSL_REPO"], "train.py"), run_name="__m
 """
 
 
-def _overrides(data: Path, run: Path):
-    return ["method=mocov2", "data=imagefolder", f"data.root={data}", "data.image_size=32", "data.batch_size=8",
+def _overrides(data: Path, run: Path, pipeline: str = "device"):
+    return ["method=mocov2", "data=imagefolder", f"data.root={data}", f"data.pipeline={pipeline}",
+            "data.image_size=32", "data.batch_size=8",
             "data.num_workers=0", "trainer.max_epochs=2", "trainer.ckpt_every_n_steps=4",
             "synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=1",
             "eval.max_images=24", "eval.knn_every_n_epochs=0", "eval.linear_max_iter=20",
@@ -64,15 +65,18 @@ def _train(args, env, script=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
 
 
-def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("pipeline", ["device", pytest.param("workers", marks=pytest.mark.slow)])
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(pipeline, tmp_path):
+    """Both input pipelines: the device pipeline's views come from the same per-image seeds."""
     data = make_imagefolder(tmp_path / "data", classes=3, per_class=16)
     env = dict(os.environ, OMP_NUM_THREADS="1", KILL_AT_BATCH=str(KILL_AT_BATCH), FGSSL_REPO=str(ROOT))
 
-    ref = _train(_overrides(data, tmp_path / "ref"), env)
+    ref = _train(_overrides(data, tmp_path / "ref", pipeline), env)
     assert ref.returncode == 0, ref.stderr[-4000:]
+    assert f"fgssl: data pipeline {pipeline}" in ref.stdout
 
     run = tmp_path / "killed"
-    killed = _train(_overrides(data, run), env, script=KILLER)
+    killed = _train(_overrides(data, run, pipeline), env, script=KILLER)
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-4000:])
     assert not (run / "metrics.json").exists()
     on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -80,7 +84,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 8  # training steps
     assert on_disk["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1, "mid epoch 2"
 
-    resumed = _train(_overrides(data, run), env)
+    resumed = _train(_overrides(data, run, pipeline), env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
 

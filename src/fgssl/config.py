@@ -33,9 +33,21 @@ class DataConfig:
     #: Batch size for feature extraction.
     eval_batch_size: int = 256
     num_workers: int = 2
-    #: Decode every image once and keep it in RAM as uint8 (shorter side resized
-    #: to ``cache_size``, or to 2x image_size when null). Fast for small sets.
+    #: Input pipeline: ``device`` (decode once into a uint8 cache held on the training device, both
+    #: views augmented there in batches), ``workers`` (PIL decode + per-image torchvision augmentation in
+    #: loader workers, for datasets far larger than memory) or ``auto`` (device when the decoded dataset
+    #: fits ``cache_budget_gb``). See docs/data_pipeline.md.
+    pipeline: str = "auto"
+    #: Memory budget of the device pipeline's decoded cache, in GiB (GPU memory, else pinned host memory).
+    cache_budget_gb: float = 4.0
+    #: Where decoded caches are stored (keyed by file list, file sizes and side); null = $FGSSL_CACHE_DIR
+    #: or ~/.cache/fgssl.
+    cache_dir: Optional[str] = None
+    #: Workers path only: decode every image once and keep it in RAM as uint8 (shorter side resized to
+    #: ``cache_size``). Fast for small sets.
     cache: bool = False
+    #: Side of the decoded images (workers cache: shorter side; device cache: S x S, original H x W kept);
+    #: null = 2 x image_size.
     cache_size: Optional[int] = None
     #: Minimum crop scale of RandomResizedCrop (MoCo v2: 0.2).
     crop_min_scale: float = 0.2

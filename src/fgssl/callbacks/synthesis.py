@@ -69,6 +69,8 @@ def one_off_loader(loader):
     identical run without the warm start gets. The copy has its own sampler (same seed and epoch:
     the same batches and, with per-sample augmentation seeds, the same images) and its own
     generator, and no persistent workers."""
+    if hasattr(loader, "one_off"):  # the device pipeline's loader copies itself
+        return loader.one_off()
     if not isinstance(loader, DataLoader) or loader.batch_size is None:  # a custom batch_sampler: as is
         return loader
     sampler = copy.copy(loader.sampler)

@@ -1,4 +1,10 @@
-"""LightningDataModule: two-view pre-training set, train-eval (memory) set, test set."""
+"""LightningDataModule: two-view pre-training set, train-eval (memory) set, test set.
+
+Two input pipelines (``data.pipeline``): ``device`` (:mod:`fgssl.data.device`: decode once, cache on the
+training device, both views augmented there in batches) and ``workers`` (PIL decode and per-image
+torchvision augmentation in loader workers). ``auto`` takes ``device`` when the decoded dataset fits
+``data.cache_budget_gb`` and says which in one log line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from fgssl.data import device as devpipe
 from fgssl.data.images import filter_bad, load_rgb, record_bad
 from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
@@ -76,12 +83,19 @@ class ImageDataset(Dataset):
         raise FgsslError("no readable image left in the dataset")
 
 
+def _cap_rows(count: int, n: Optional[int]) -> List[int]:
+    """Evenly spaced rows, at most ``n`` of ``count`` (keeps every class when n allows)."""
+    if n is None or n >= count:
+        return list(range(count))
+    return torch.linspace(0, count - 1, n).round().long().unique().tolist()
+
+
 def _cap(samples: List[Tuple[str, int]], n: Optional[int]) -> List[Tuple[str, int]]:
     """Evenly spaced subset of at most ``n`` samples (keeps every class when n allows)."""
-    if n is None or n >= len(samples):
-        return samples
-    idx = torch.linspace(0, len(samples) - 1, n).round().long().unique().tolist()
-    return [samples[i] for i in idx]
+    return [samples[i] for i in _cap_rows(len(samples), n)]
+
+
+PIPELINES = ("auto", "device", "workers")
 
 
 class FGVRDataModule(pl.LightningDataModule):
@@ -94,6 +108,13 @@ class FGVRDataModule(pl.LightningDataModule):
         self.out_dir = Path(out_dir) if out_dir else None
         self.world_size = world_size
         self._ready = False
+        #: ``device`` or ``workers`` once set up; the reason of an automatic choice
+        self.pipeline: Optional[str] = None
+        self.pipeline_reason = ""
+        self._said = False
+        #: where loaders put their batches when no trainer is attached, or after ``use_device``
+        self.device = torch.device("cpu")
+        self._forced_device = False
 
     @property
     def bad_log(self) -> Optional[Path]:
@@ -122,6 +143,11 @@ class FGVRDataModule(pl.LightningDataModule):
             )
         if c.batch_size < 2:
             raise FgsslError(f"data.batch_size={c.batch_size}: BatchNorm needs at least 2 images per batch")
+        self.pipeline, self.pipeline_reason = self._choose(len(tr) + len(te))
+        if self.pipeline == "device":
+            self._setup_device(tr, te)
+            self._ready = True
+            return
         cache = (c.cache_size or 2 * c.image_size) if c.cache else None
         self.train_samples, self.test_samples = tr, te
         kw = dict(cache_side=cache, on_bad=c.on_bad_image, bad_log=self.bad_log)
@@ -133,12 +159,83 @@ class FGVRDataModule(pl.LightningDataModule):
         self.test_set = ImageDataset(_cap(te, cap), ev, **kw)
         self._ready = True
 
+    # ------------------------------------------------------------------ pipeline choice
+    @property
+    def cache_side(self) -> int:
+        return int(self.cfg.cache_size or 2 * self.cfg.image_size)
+
+    def _choose(self, n_images: int) -> Tuple[str, str]:
+        c = self.cfg
+        if c.pipeline not in PIPELINES:
+            raise FgsslError(f"data.pipeline={c.pipeline!r} must be one of {', '.join(PIPELINES)}")
+        need = devpipe.cache_bytes(n_images, self.cache_side)
+        budget = float(c.cache_budget_gb) * 2**30
+        size = f"decoded cache {need / 2**20:.1f} MiB ({n_images} images at {self.cache_side}px)"
+        if c.pipeline != "auto":
+            return c.pipeline, f"data.pipeline={c.pipeline}, {size}"
+        if need <= budget:
+            return "device", f"auto: {size} fits data.cache_budget_gb={c.cache_budget_gb:g}"
+        return "workers", f"auto: {size} exceeds data.cache_budget_gb={c.cache_budget_gb:g}"
+
+    def _setup_device(self, tr, te) -> None:
+        c = self.cfg
+        cache_dir = Path(c.cache_dir).expanduser() if c.cache_dir else None
+        knobs = devpipe.ViewKnobs(c.crop_min_scale, c.jitter_strength, c.jitter_p, c.gray_p, c.blur_p)
+        budget = int(float(c.cache_budget_gb) * 2**30)
+        pipes = []
+        for samples in (tr, te):
+            split = devpipe.decoded_cache(samples, self.cache_side, cache_dir, c.on_bad_image, self.bad_log)
+            if not split.samples:
+                raise FgsslError(f"no readable image left in data={c.name} (root {c.root})")
+            pipes.append(devpipe.DevicePipeline(split, c.image_size, knobs, budget))
+        self.train_pipe, self.test_pipe = pipes
+        self.train_samples, self.test_samples = self.train_pipe.split.samples, self.test_pipe.split.samples
+        if c.batch_size * self.world_size > len(self.train_samples):
+            raise FgsslError(
+                f"data.batch_size={c.batch_size} (x {self.world_size} processes) is larger than the "
+                f"{len(self.train_samples)} readable training images of data={c.name}; lower data.batch_size"
+            )
+        self.train_set = devpipe.ViewParamSet(self.train_pipe)
+        cap = self.eval_cfg.max_images
+        self.memory_set = devpipe.CropSet(self.train_pipe, _cap_rows(len(self.train_samples), cap))
+        self.test_set = devpipe.CropSet(self.test_pipe, _cap_rows(len(self.test_samples), cap))
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None and not self._forced_device else self.device
+
+    def use_device(self, device) -> None:
+        """Evaluation loaders made from now on cut their batches on ``device``."""
+        self.device, self._forced_device = torch.device(device), True
+
+    def _place(self) -> torch.device:
+        """Put the device pipeline's caches on the training device; say once which pipeline runs."""
+        dev = self._device()
+        where = ""
+        if self.pipeline == "device":
+            where = self.train_pipe.place(dev)
+            self.test_pipe.place(dev)
+            where = f", held in {where} ({dev})"
+        self.say(where)
+        return dev
+
+    def say(self, where: str = "") -> None:
+        trainer = self.trainer
+        if self._said or (trainer is not None and not trainer.is_global_zero):
+            return
+        self._said = True
+        print(f"fgssl: data pipeline {self.pipeline} ({self.pipeline_reason}{where})", flush=True)
+
     @property
     def num_train(self) -> int:
         return len(self.train_samples)
 
     def _eval_loader(self, ds, sampler: Optional[ShardSampler] = None) -> DataLoader:
         """Fixed-order loader over an evaluation set (one process's shard of it with ``sampler``)."""
+        if self.pipeline == "device":
+            self._place()
+            return devpipe.DeviceEvalLoader(ds, self.cfg.eval_batch_size, sampler)
+        self.say()
         return DataLoader(ds, batch_size=self.cfg.eval_batch_size, sampler=sampler,
                           num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
 
@@ -153,6 +250,13 @@ class FGVRDataModule(pl.LightningDataModule):
             return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
         nw = self.cfg.num_workers
+        if self.pipeline == "device":
+            dev = self._place()
+            # on a CPU the parameters of a batch cost ~0.1 ms per image: workers would only compete for cores
+            nw = nw if dev.type == "cuda" else 0
+            return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done, num_workers=nw,
+                                             persistent_workers=nw > 0)
+        self.say()
         return ResumableLoader(self.train_set, sampler, batches_done, num_workers=nw,
                                pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0)
 

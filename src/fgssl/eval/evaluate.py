@@ -28,6 +28,8 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
     e = cfg.eval
     t0 = time.perf_counter()
     method = method.to(device).eval()
+    if hasattr(dm, "use_device"):  # the device pipeline cuts the evaluation crops where the model is
+        dm.use_device(device)
     mem_f, mem_y = extract_features(method, dm.memory_loader(), device, e.feature, "train features", progress)
     te_f, te_y = extract_features(method, dm.test_loader(), device, e.feature, "test features", progress)
     t_feat = time.perf_counter() - t0
