@@ -27,6 +27,8 @@ test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
 bench: install
+	$(BIN)/python -c "import lightly" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]' \
+		|| echo "lightly could not be installed: the bench has no peer row"
 	$(BIN)/python -m fgssl.bench $(ARGS)
 
 figures: install

@@ -28,7 +28,7 @@ TINY = ["--backbone", "resnet18", "--image-size", "32", "--batch", "4", "--warmu
 def test_bench_tiny_synthetic_and_retrieval(tmp_path: Path, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "bench.jsonl"
-    rc = bench.main(TINY + ["--methods", "mocov2,simsiam", "--no-real", "--no-loader", "--out", str(out)])
+    rc = bench.main(TINY + ["--methods", "mocov2,simsiam", "--no-real", "--no-loader", "--no-peer", "--out", str(out)])
     assert rc == 0
     assert torch.get_num_threads() == threads
     recs = read_lines(out)
@@ -55,7 +55,8 @@ def test_bench_tiny_synthetic_and_retrieval(tmp_path: Path, capsys):
 def test_bench_real_data_and_loader_on_imagefolder(tmp_path: Path, tiny_imagefolder: Path, capsys):
     """The real-data step and the loader alone, on an 18-image ImageFolder (JSON lines on stdout)."""
     rc = bench.main(TINY + ["--methods", "mocov2", "--no-retrieval", "--workers", "0", "--loader-batches", "1",
-                            "--set", "data=imagefolder", "--set", f"data.root={tiny_imagefolder}"])
+                            "--no-pipelines", "--no-peer", "--set", "data=imagefolder",
+                            "--set", f"data.root={tiny_imagefolder}"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     recs = [json.loads(x) for x in lines if x.startswith("{")]
@@ -108,3 +109,49 @@ def test_rounds_are_pooled_and_reported():
              "time_ratio": 1.25, "mem_ratio": 1.5, "targets": {"time": 1.5, "mem": 1.5}}]
     table = bench.format_report(recs)
     assert "x3 rounds" in table and "1.25x" in table and "time<=1.5/mem<=1.5" in table and "+SYN" in table
+
+
+@pytest.mark.slow
+def test_bench_pipelines_alone_augment_and_peer(tmp_path: Path, tiny_imagefolder: Path):
+    """Issue 12's rows: real/synthetic through both pipelines, each pipeline alone, the augmentation library
+    comparison, and the lightly-built peer steps (a skip line when lightly is not installed)."""
+    out = tmp_path / "bench.jsonl"
+    rc = bench.main(TINY + ["--methods", "mocov2,simsiam", "--no-retrieval", "--no-loader", "--workers", "0",
+                            "--loader-batches", "1", "--set", "data=imagefolder",
+                            "--set", f"data.root={tiny_imagefolder}", "--out", str(out)])
+    assert rc == 0
+    recs = read_lines(out)
+    pipes = [r for r in recs if r["kind"] == "pipeline"]
+    assert [(r["method"], r["pipeline"]) for r in pipes] == [
+        ("mocov2", "device"), ("mocov2", "workers"), ("simsiam", "device"), ("simsiam", "workers")]
+    for r in pipes:
+        assert r["ratio"] == pytest.approx(r["ms_real"] / r["ms_synthetic"])
+    assert pipes[0]["symmetric"] is False and pipes[0]["held_in"] == "RAM"
+    alone = [r for r in recs if r["kind"] == "pipeline_loader"]
+    assert [r["pipeline"] for r in alone] == ["device", "workers"] and all(r["images_per_s"] > 0 for r in alone)
+    aug = next(r for r in recs if r["kind"] == "augment")
+    assert aug["fgssl_images_per_s"] > 0 and aug["kornia_augmentation_images_per_s"] > 0
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        assert any(r["kind"] == "skip" and r.get("part") == "peer" for r in recs)
+        return
+    peers = [r for r in recs if r["kind"] == "peer"]
+    assert [r["method"] for r in peers] == ["mocov2", "simsiam"] and peers[0]["symmetric"] is False
+    assert all(r["ratio"] == pytest.approx(r["ms_fgssl"] / r["ms_lightly"]) for r in peers)
+
+
+def test_bench_peer_row_for_mocov2(tmp_path: Path, capsys):
+    """The lightly-built MoCo v2 step against fgssl's one-directional step (skip line without lightly)."""
+    out = tmp_path / "bench.jsonl"
+    assert bench.main(TINY + ["--methods", "mocov2", "--no-real", "--no-loader", "--no-retrieval",
+                              "--out", str(out)]) == 0
+    recs = read_lines(out)
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        assert any(r["kind"] == "skip" and r.get("part") == "peer" for r in recs)
+        return
+    peer = next(r for r in recs if r["kind"] == "peer")
+    assert peer["method"] == "mocov2" and peer["symmetric"] is False and peer["ms_lightly"] > 0
+    assert "fgssl base step / lightly-built step" in capsys.readouterr().out

@@ -33,6 +33,9 @@ numbers taken on the same device in the same run):
 * **Data loader alone**: images/s of the train loader with ``data.cache`` off
   and on (``setup_s`` is the time to build the dataset, i.e. decoding the
   cache).
+* **Pipelines and peer** (:mod:`fgssl.bench_data`): real / synthetic step through the ``device`` and
+  the ``workers`` pipeline, each pipeline alone, fgssl's batched views against ``kornia.augmentation``,
+  and MoCo v2 / SimSiam steps built from lightly's heads and losses against fgssl's.
 * **Retrieval at scale**: :func:`fgssl.eval.retrieval.retrieval_metrics` on
   ``N x D`` random features against the bare similarity product ``X @ X.T``.
 
@@ -482,6 +485,9 @@ def format_report(records: List[Dict[str, Any]]) -> str:
                  _fmt(r["views_per_s"]), _fmt(r["ms_per_batch"]), _fmt(r["setup_s"], ".2f")] for r in loaders]
         out += [""] + _table(["loader", "cache", "workers", "img/s", "views/s", "ms/batch", "setup s"], rows,
                              right=range(2, 7))
+    from fgssl.bench_data import report_lines
+
+    out += report_lines(records)
     for r in (r for r in records if r["kind"] == "retrieval"):
         out.append("")
         out.append(f"retrieval {r['n']}x{r['d']} (chunk {r['chunk']}): retrieval_metrics {r['ms_retrieval']:.1f} ms, "
@@ -536,6 +542,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-loader", action="store_true", help="skip the loader-alone measurement")
     p.add_argument("--loader-batches", type=int, default=None, help="timed loader batches (default 15 CPU, 50 CUDA)")
     p.add_argument("--loader-cache", default="off,on", help="data.cache settings for the loader: off,on / off / on")
+    p.add_argument("--no-pipelines", action="store_true",
+                   help="skip the device-vs-workers pipeline rows (real/synthetic, each alone, augmentation library)")
+    p.add_argument("--no-peer", action="store_true", help="skip the lightly-built peer steps")
     p.add_argument("--no-retrieval", action="store_true")
     p.add_argument("--retrieval-n", type=int, default=None, help="features (default 10000, the size issue 6 sets)")
     p.add_argument("--retrieval-d", type=int, default=None, help="dimension (default 2048)")
@@ -662,6 +671,7 @@ def _run(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], records: 
 
             with open_dict(cfg):
                 cfg.data.cache = cache
+                cfg.data.pipeline = "workers"  # these rows are the workers path; bench_data has both pipelines
             t0 = time.perf_counter()
             dms[cache] = build_datamodule(cfg)
             dm_setup_s[cache] = time.perf_counter() - t0
@@ -793,6 +803,8 @@ def _run(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], records: 
     dms.clear()
     gc.collect()
 
+    _run_data_parts(a, put, conf, meter)
+
     # ---------------------------------------------------------------- retrieval
     if not a.no_retrieval:
         chunk = a.retrieval_chunk
@@ -807,6 +819,18 @@ def _run(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], records: 
         else:
             put({"kind": "retrieval", "device": a.device, **res})
     return records
+
+
+def _run_data_parts(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], conf: Path,
+                    meter: MemoryMeter) -> None:
+    """Issue 12's rows (fgssl.bench_data): both pipelines, each alone, the augmentation library, the peer."""
+    from fgssl import bench_data
+
+    if not a.no_pipelines and not a.no_real and a.methods:
+        bench_data.run_pipelines(a, conf, meter, put)
+    if not a.no_peer and a.methods and "base" in a.variants:  # the peer is compared with the base step
+        bench_data.run_peer(a, conf, meter, put)
+    gc.collect()
 
 
 def _pool(results: List[Dict[str, Any]]) -> Dict[str, Any]:
