@@ -165,6 +165,17 @@ def test_views_look_like_the_workers_paths_views(knobs):
     assert max(diffs) < 0.08, diffs  # normalised units (~0.02 of the [0, 1] range); unrelated views differ by ~1
 
 
+def test_hue_shift_is_torchvisions_adjust_hue_per_image():
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.rand(12, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.5  # grey: no hue
+    x[1, :, :2] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # saturated primaries
+    turns = torch.linspace(-0.5, 0.5, 12)
+    ref = torch.stack([F.adjust_hue(x[i], float(turns[i])) for i in range(12)])
+    torch.testing.assert_close(dp.hue_shift(x, turns), ref, rtol=0, atol=1e-5)
+
+
 def test_eval_crops_match_the_eval_transform():
     from fgssl.data.transforms import eval_transform
 

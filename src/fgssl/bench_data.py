@@ -142,11 +142,14 @@ def run_pipelines(a, conf, meter, put: Callable[[Dict[str, Any]], None]) -> None
 
 def compare_augment(dm, batch: int, device: str, reps: int = 5) -> Dict[str, Any]:
     """fgssl's batched views vs kornia.augmentation's modules on the same cached batch (both views)."""
+    import math
+
+    import kornia
     import kornia.augmentation as K
     import torch
 
     from fgssl.bench import _sync
-    from fgssl.data.device import _blur_kernel, view_params
+    from fgssl.data.device import _blur_kernel, hue_shift, view_params
 
     pipe = dm.train_pipe
     size = pipe.size
@@ -185,7 +188,12 @@ def compare_augment(dm, batch: int, device: str, reps: int = 5) -> Dict[str, Any
             times.append(time.perf_counter() - t0)
         return batch / statistics.median(times)
 
+    x = pipe.crops(idx)
+    turns = torch.linspace(-0.1, 0.1, batch, device=x.device)
+    hue_kornia = rate(lambda: kornia.enhance.adjust_hue(x, turns * (2 * math.pi)))
+    hue_own = rate(lambda: hue_shift(x, turns))
     return {"batch": batch, "image_size": size, "cache_side": pipe.side,
+            "hue_kornia_images_per_s": hue_kornia, "hue_own_images_per_s": hue_own,
             "fgssl_images_per_s": rate(ours), "fgssl_no_param_draw_images_per_s": rate(ours_no_params),
             "kornia_augmentation_images_per_s": rate(theirs)}
 
@@ -320,7 +328,9 @@ def report_lines(records: List[Dict[str, Any]]) -> List[str]:
     for r in (r for r in records if r["kind"] == "augment"):
         out += ["", f"views of a batch of {r['batch']} ({r['cache_side']}px cache -> {r['image_size']}px): fgssl "
                     f"{r['fgssl_images_per_s']:.0f} img/s ({r['fgssl_no_param_draw_images_per_s']:.0f} without "
-                    f"drawing the parameters), kornia.augmentation {r['kornia_augmentation_images_per_s']:.0f} img/s"]
+                    f"drawing the parameters), kornia.augmentation {r['kornia_augmentation_images_per_s']:.0f} img/s; "
+                    f"hue step alone: fgssl's hue_shift {r['hue_own_images_per_s']:.0f} img/s, "
+                    f"kornia.enhance.adjust_hue {r['hue_kornia_images_per_s']:.0f} img/s"]
     peers = [r for r in records if r["kind"] == "peer"]
     if peers:
         out += ["", "fgssl base step / lightly-built step (target <= 1.05x): " + ", ".join(
