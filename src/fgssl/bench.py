@@ -363,6 +363,7 @@ def build_datamodule(cfg):
     from fgssl.data.datamodule import FGVRDataModule
 
     dm = FGVRDataModule(cfg.data, cfg.eval, None, 1)
+    dm.announce = False  # stdout carries the JSON lines
     dm.setup()
     return dm
 

@@ -45,6 +45,7 @@ def _datamodule(cfg, pipeline: str, device: str):
         cfg.data.pipeline = pipeline
     t0 = time.perf_counter()
     dm = FGVRDataModule(cfg.data, cfg.eval, None, 1)
+    dm.announce = False  # stdout carries the JSON lines; the record says where the cache is held
     dm.setup()
     dm.use_device(device)
     return dm, time.perf_counter() - t0

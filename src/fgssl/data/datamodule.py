@@ -112,6 +112,8 @@ class FGVRDataModule(pl.LightningDataModule):
         self.pipeline: Optional[str] = None
         self.pipeline_reason = ""
         self._said = False
+        #: print the one line that says which pipeline runs (the bench turns it off: its stdout is JSON)
+        self.announce = True
         #: where loaders put their batches when no trainer is attached, or after ``use_device``
         self.device = torch.device("cpu")
         self._forced_device = False
@@ -221,7 +223,7 @@ class FGVRDataModule(pl.LightningDataModule):
 
     def say(self, where: str = "") -> None:
         trainer = self.trainer
-        if self._said or (trainer is not None and not trainer.is_global_zero):
+        if self._said or not self.announce or (trainer is not None and not trainer.is_global_zero):
             return
         self._said = True
         print(f"fgssl: data pipeline {self.pipeline} ({self.pipeline_reason}{where})", flush=True)
