@@ -40,7 +40,7 @@ from fgssl.callbacks.guards import train_steps
 from fgssl.errors import ConfigError
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.nets.backbones import build_backbone
-from fgssl.nets.bn_state import bn_stats_kept
+from fgssl.nets.bn_state import bn_per_chunk, bn_stats_kept
 
 
 @dataclass
@@ -134,11 +134,20 @@ class SSLMethod(pl.LightningModule):
         batches' own statistics (train mode), as a training step does, but the running
         buffers that normalise real test images are restored afterwards
         (:func:`fgssl.nets.bn_state.bn_stats_kept`). The online pass of ``x2`` is skipped
-        when the objective does not read ``z2`` (one-directional MoCo v2).
+        when the objective does not read ``z2`` (one-directional MoCo v2); otherwise both
+        images go through the backbone in one batched pass, each normalised with its own
+        batch statistics (:func:`fgssl.nets.bn_state.bn_per_chunk`).
         """
         with bn_stats_kept(self):
-            _, z1 = self.encode(x1)
-            z2 = self.encode(x2)[1] if self.uses_online_z2() else None
+            if not self.uses_online_z2():
+                z1, z2 = self.encode(x1)[1], None
+            elif x1.shape == x2.shape:
+                # one encoder pass over both images, each normalised with its own batch statistics
+                # (bn_per_chunk): the same values as two passes, at the cost of fewer, larger kernels
+                with bn_per_chunk(self.backbone):
+                    z1, z2 = self.encode(torch.cat([x1, x2]))[1].chunk(2)
+            else:
+                z1, z2 = self.encode(x1)[1], self.encode(x2)[1]
             return self._fp32(self.ssl_forward, x1, x2, z1, z2).loss
 
     def uses_online_z2(self) -> bool:

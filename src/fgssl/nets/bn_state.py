@@ -66,3 +66,34 @@ def bn_stats_kept(*modules: nn.Module) -> Iterator[None]:
                 layer.momentum = momentum
                 if nbt is not None:
                     layer.num_batches_tracked.copy_(nbt)
+
+
+@contextmanager
+def bn_per_chunk(*modules: nn.Module, chunks: int = 2) -> Iterator[None]:
+    """Inside the block, a train-mode BatchNorm layer normalises each of ``chunks`` equal slices of
+    its batch with that slice's own statistics.
+
+    One encoder pass over ``cat([x1, x2])`` then computes exactly what two passes over ``x1`` and
+    ``x2`` compute (each view keeps its own batch statistics, as in the methods' reference code),
+    while the convolutions and linear layers run once on the joint batch, which is cheaper. Use it
+    inside :func:`bn_stats_kept` (the running buffers would otherwise take ``chunks`` updates).
+    """
+    layers = list({id(m): m for m, _, _ in bn_buffers(*modules)}.values())
+
+    def split_forward(layer):
+        orig = layer.forward
+
+        def forward(x: Tensor) -> Tensor:
+            if not layer.training or x.shape[0] % chunks:
+                return orig(x)
+            return torch.cat([orig(part) for part in x.chunk(chunks)])
+
+        return forward
+
+    for layer in layers:
+        layer.forward = split_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
