@@ -303,3 +303,21 @@ def test_linear_sgd_head_is_initialised_as_the_lcr_code():
     assert torch.equal(head.bias, torch.zeros(200))
     w = head.weight.detach()
     assert w.mean().abs() < 1e-3 and abs(float(w.std()) - 0.01) < 5e-4
+
+
+# ---------------------------------------------------------------------- cost: dL_C/dA only for the views read
+def test_gradcam_is_computed_only_for_the_views_a_regularizer_reads(monkeypatch):
+    m = build("simsiam", "synthesis=syn")
+    reg = m.regularizers[0]
+    seen = {}
+    orig = reg.loss_terms
+
+    def spy(method, state):
+        seen["s"], seen["full"] = state, method.gradcam_grads(state.loss_c, state.A)  # both views
+        return orig(method, state)
+
+    monkeypatch.setattr(reg, "loss_terms", spy)
+    run_training_step(m, *_batch())
+    st, full = seen["s"], seen["full"]
+    torch.testing.assert_close(st.grad_A[0], full[0], rtol=0, atol=0)
+    assert not st.grad_A[1].any() and full[1].any()  # SYN reads view 1 only: view 2's was never computed

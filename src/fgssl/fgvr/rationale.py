@@ -139,6 +139,11 @@ class RationaleRegularizer(Regularizer):
         with torch.autocast(device_type=A.device.type, enabled=False):
             return normalise_attention(self.branch(A.float()), self.mode)
 
+    @property
+    def gradcam_views(self):  # type: ignore[override]
+        """The fitted views (the base computes ``dL_C/dA`` for these only)."""
+        return tuple(range(self.views))
+
     def fit(self, A: Tensor, grad_A: Tensor):
         """(FitOutput, att, target) for one view."""
         target = rationale_target(A, grad_A, self.mode)

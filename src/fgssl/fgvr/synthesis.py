@@ -385,6 +385,9 @@ class SynthesisRegularizer(Regularizer):
         c = self.cfg
         return nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, self._epoch if epoch is None else epoch, 1.0)
 
+    #: The selection reads the Grad-CAM of the first view only (the pairs come from it).
+    gradcam_views = (0,)
+
     @property
     def needs_gradcam(self) -> bool:  # type: ignore[override]
         """The base computes dL_C/dA when the criterion reads Grad-CAM (``CAM_CRITERIA``)."""

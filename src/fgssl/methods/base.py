@@ -73,6 +73,9 @@ class Regularizer(nn.Module):
 
     #: Set True to receive ``StepState.grad_A``.
     needs_gradcam: bool = False
+    #: The views whose ``dL_C/dA`` the regularizer reads (the others' entries may be zeros): autograd
+    #: then only walks the paths to those maps.
+    gradcam_views: Tuple[int, ...] = (0, 1)
 
     def loss_terms(self, method: "SSLMethod", state: StepState) -> Dict[str, Tuple[float, Tensor]]:
         """Return ``{name: (weight, value)}``; the base adds ``weight * value`` to the loss."""
@@ -223,8 +226,12 @@ class SSLMethod(pl.LightningModule):
         out = self._fp32(self.ssl_forward, x1, x2, z1, z2)
         loss_c = out.loss
         grad_a = None
-        if any(r.needs_gradcam for r in self.regularizers):
-            grad_a = self.gradcam_grads(loss_c, (a1, a2))
+        cam_regs = [r for r in self.regularizers if r.needs_gradcam]
+        if cam_regs:
+            views = sorted({v for r in cam_regs for v in r.gradcam_views} & set(self.gradient_views()))
+            maps = (a1, a2)
+            got = dict(zip(views, self.gradcam_grads(loss_c, [maps[v] for v in views]))) if views else {}
+            grad_a = tuple(got[v] if v in got else torch.zeros_like(maps[v]) for v in (0, 1))
         state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.train_steps)
         total = loss_c
         logs = {"train/L_C": loss_c.detach()}
