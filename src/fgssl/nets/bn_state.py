@@ -47,25 +47,30 @@ def bn_stats_kept(*modules: nn.Module) -> Iterator[None]:
 
     Inside the block each layer's ``momentum`` is 0, so a train-mode forward computes
     ``running = (1 - 0) * running + 0 * batch``, which leaves the running mean and variance
-    bit for bit as they were (for finite batch statistics); ``num_batches_tracked`` is put
-    back on exit. Why not snapshot and copy back the mean and variance: a train-mode
-    ``batch_norm`` hands the running buffers to its backward, so writing them in place
-    before that backward runs fails autograd's version check; swapping the tensors
-    instead would defeat ``torch.compile``'s guards on the module's buffers.
+    bit for bit as they were (for finite batch statistics); on exit every buffer that did
+    change (``num_batches_tracked``; a layer that recomputes its buffers in its own way) is
+    written back. Why not simply copy every buffer back: a train-mode ``batch_norm`` hands
+    the running buffers to its backward, so writing them in place before that backward runs
+    fails autograd's version check; swapping the tensors instead would defeat
+    ``torch.compile``'s guards on the module's buffers.
     """
-    saved = []
-    for layer in {id(m): m for m, _, _ in bn_buffers(*modules)}.values():
-        nbt = getattr(layer, "num_batches_tracked", None)
-        saved.append((layer, layer.momentum, None if nbt is None else nbt.detach().clone()))
+    entries = bn_buffers(*modules)
+    layers = {id(m): (m, m.momentum) for m, _, _ in entries}
+    saved = [(buf, buf.detach().clone()) for _, _, buf in entries]
+    for layer, _ in layers.values():
         layer.momentum = 0.0
     try:
         yield
     finally:
         with torch.no_grad():
-            for layer, momentum, nbt in saved:
+            for layer, momentum in layers.values():
                 layer.momentum = momentum
-                if nbt is not None:
-                    layer.num_batches_tracked.copy_(nbt)
+            for buf, old in saved:
+                # Native BatchNorm with momentum 0 leaves mean and variance bit for bit (no write, so
+                # no autograd version bump); num_batches_tracked, and a layer that recomputes its
+                # buffers itself (e.g. a split BatchNorm averaging its groups), are written back.
+                if not torch.equal(buf, old):
+                    buf.copy_(old)
 
 
 @contextmanager
