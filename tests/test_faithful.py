@@ -62,12 +62,14 @@ def _batch(n=4, size=32, seed=1):
 
 # ---------------------------------------------------------------------- defect 1: BatchNorm statistics
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
-@pytest.mark.parametrize("symmetric", ["false", "true"])
+@pytest.mark.parametrize("symmetric", ["false", "true", "split_bn"])
 def test_syn_pair_leaves_bn_stats_as_the_real_views_left_them(name, symmetric):
     """After one step with nu > 0, every BN running buffer equals the one the same step's real views leave."""
-    if name == "simsiam" and symmetric == "true":
-        pytest.skip("method.symmetric is a MoCo v2 switch")
-    extra = [f"method.symmetric={symmetric}"] if name == "mocov2" else []
+    if name == "simsiam" and symmetric != "false":
+        pytest.skip("method.symmetric and method.bn_splits are MoCo v2 switches")
+    extra = [f"method.symmetric={symmetric}"] if name == "mocov2" and symmetric != "split_bn" else []
+    if symmetric == "split_bn":  # shuffle BN on one device: a BN subclass that writes its own buffers
+        extra = ["method.symmetric=true", "method.bn_splits=2"]
     base = build(name, *extra)
     syn = build(name, *extra, "synthesis=syn", "synthesis.nu=1.0")
     load_base_state(base, syn)
