@@ -3,21 +3,26 @@
 ``ckpt=random`` evaluates the untrained network built from the given config.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from fgssl.config import register_configs
 from fgssl.errors import run_or_exit
+from fgssl.preflight import preflight, prepare_argv
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    run_or_exit(preflight, cfg, "evaluate")  # before torch and Lightning are imported
     from fgssl.run import evaluate
 
     run_or_exit(evaluate, cfg)
 
 
 if __name__ == "__main__":
+    prepare_argv(sys.argv, "evaluate")
     main()

@@ -127,3 +127,35 @@ def cfg_factory(tmp_path: Path):
         return compose_cfg(list(overrides), tmp_path / f"run{counter['n']}")
 
     return make
+
+
+# ---------------------------------------------------------------------- nothing left on disk
+#: not part of the product: caches and environments a test run may create or update
+_SNAPSHOT_SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".whl", ".ipynb_checkpoints"}
+
+
+def repo_entries(depth: int = 3) -> set:
+    """Paths under the repo down to ``depth`` levels (``outputs/<name>/<run>``), caches left out. New files
+    deeper inside a folder that already existed (a run of your own that is still going) are not counted."""
+    found = set()
+
+    def walk(d: str, level: int) -> None:
+        for e in os.scandir(d):
+            if e.name in _SNAPSHOT_SKIP or e.name.endswith(".egg-info"):
+                continue
+            found.add(os.path.relpath(e.path, ROOT))
+            if level < depth and e.is_dir(follow_symlinks=False):
+                walk(e.path, level + 1)
+
+    walk(str(ROOT), 1)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_in_the_repo():
+    """A passing test run leaves nothing on disk in the repo (no ``outputs/``, ``multirun/``, ``wandb/``, logs):
+    every test writes under its tmp_path. Fails the session (an error at teardown) naming what appeared."""
+    before = repo_entries()
+    yield
+    new = sorted(repo_entries() - before)
+    assert not new, f"the test run left these in the repo {ROOT}: {new[:20]}"

@@ -21,7 +21,8 @@ def _one_torch_thread():
 
 
 def brute_force_retrieval(feats, labels, ks=(1, 5)):
-    """docs/method.md (evaluation), literally: leave-one-out, cosine; rank-k hit rate; AP = (1/M) sum_k k / r_k."""
+    """docs/method.md (evaluation), literally: leave-one-out, cosine; rank-k hit rate; AP = (1/M) sum_k k / r_k;
+    every metric over the queries that have at least one other same-class item."""
     x = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in feats]
     n = len(x)
     hits = {k: 0 for k in ks}
@@ -36,8 +37,9 @@ def brute_force_retrieval(feats, labels, ks=(1, 5)):
         r = [pos + 1 for pos, lab in enumerate(ranked) if lab == labels[i]]  # ranks r_k of the M matches
         if r:
             aps.append(sum((k + 1) / rk for k, rk in enumerate(r)) / len(r))
-    out = {f"rank{k}": 100.0 * hits[k] / n for k in ks}
+    out = {f"rank{k}": 100.0 * hits[k] / len(aps) for k in ks}  # a query without a match never hits
     out["map"] = 100.0 * sum(aps) / len(aps)
+    out["queries"], out["no_match"] = float(len(aps)), float(n - len(aps))
     return out
 
 
@@ -61,7 +63,7 @@ def test_retrieval_matches_brute_force(n, d, classes, seed, spread, chunk):
     # features are scaled arbitrarily: cosine must not care
     scale = torch.tensor([[1.0 + 3 * (i % 4)] for i in range(n)])
     got = retrieval_metrics(torch.tensor(feats) * scale, torch.tensor(labels), chunk=chunk)
-    assert set(got) == {"rank1", "rank5", "map"}
+    assert set(got) == {"rank1", "rank5", "map", "queries", "no_match"}
     for k in got:
         assert got[k] == pytest.approx(want[k], abs=1e-4), (k, chunk)
 
@@ -88,7 +90,22 @@ def test_retrieval_perfect_and_singleton_class():
     got = retrieval_metrics(feats, labels)
     assert got == pytest.approx(want)
     assert got["map"] == pytest.approx(100.0)  # queries without a match do not enter mAP
-    assert got["rank1"] == pytest.approx(80.0)  # ... but count as misses in rank-k
+    assert got["rank1"] == pytest.approx(100.0)  # ... nor rank-k (they used to count as misses: 80)
+    assert (got["queries"], got["no_match"]) == (4, 1)
+
+
+def test_retrieval_on_a_subset_uses_the_same_queries_for_every_metric():
+    """A subset where most classes have a single image (issue 18, item 9): rank-k used to count those
+    queries as misses while mAP skipped them, so mAP (100) came out above rank-5 (40)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 2, 3, 4, 4, 5, 6, 7])   # classes 1, 2, 3, 5, 6, 7: one image each
+    feats = torch.randn(10, 16, generator=g)
+    feats[1] = feats[0] + 0.01 * torch.randn(16, generator=g)  # each pair is its own nearest neighbour
+    feats[6] = feats[5] + 0.01 * torch.randn(16, generator=g)
+    got = retrieval_metrics(feats, labels)
+    assert (got["queries"], got["no_match"]) == (4, 6)
+    assert got["rank1"] == got["rank5"] == got["map"] == pytest.approx(100.0)
+    assert got == pytest.approx(brute_force_retrieval(feats.tolist(), labels.tolist()))
 
 
 def _clusters(classes=4, per_class=30, d=32, seed=0, noise=0.05, sample_seed=None):
@@ -168,7 +185,7 @@ def _sort_reference(feats, labels, ks=(1, 5)):
     order = sim.argsort(dim=1, descending=True)[:, : n - 1]
     match = (labels[order] == labels.unsqueeze(1)).double()
     m = match.sum(1)
-    out = {f"rank{k}": 100.0 * match[:, :k].amax(1).mean().item() for k in ks}
+    out = {f"rank{k}": 100.0 * match[:, :k].amax(1)[m > 0].mean().item() for k in ks}  # queries with a match
     prec = match.cumsum(1) / torch.arange(1, n, dtype=torch.float64) * match
     out["map"] = 100.0 * (prec.sum(1)[m > 0] / m[m > 0]).mean().item()
     return out

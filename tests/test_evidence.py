@@ -49,9 +49,11 @@ def test_evaluate_colorhist_floor_writes_its_own_file(tmp_path):
     cfg = compose_cfg(["ckpt=colorhist", "debug=smoke", "trainer.enable_progress_bar=false"], tmp_path)
     m = fgssl.run.evaluate(cfg)
     assert set(METRIC_KEYS) <= set(m)
-    data = json.loads((tmp_path / "metrics_colorhist.json").read_text())
+    name = fgssl.run.eval_metrics_name("colorhist", cfg.eval)
+    assert name.startswith("metrics_eval_colorhist")
+    data = json.loads((tmp_path / name).read_text())
     assert data["ckpt"] == "colorhist" and data["test/retrieval_map"] == pytest.approx(m["test/retrieval_map"])
-    assert not (tmp_path / "metrics_random_init.json").exists()
+    assert not list(tmp_path.glob("metrics_eval_random*.json"))
 
 
 def _weights(path):
@@ -99,9 +101,9 @@ def test_results_floor_rows_and_paired_differences(tmp_path, capsys):
             make_job(root, n, [f"synthesis={name}", f"seed={seed}"], {"test/retrieval_map": v}, seed=seed)
             n += 1
     (root / "floors" / "colorhist").mkdir(parents=True)
-    (root / "floors" / "colorhist" / "metrics_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
+    (root / "floors" / "colorhist" / "metrics_eval_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
     (root / "floors" / "random").mkdir(parents=True)
-    (root / "floors" / "random" / "metrics_random_init.json").write_text(json.dumps({"test/retrieval_map": 4.5}))
+    (root / "floors" / "random" / "metrics_eval_random.json").write_text(json.dumps({"test/retrieval_map": 4.5}))
 
     assert results.main([str(root), "--baseline", "synthesis=none", "--no-write"]) == 0
     out = capsys.readouterr().out
@@ -123,7 +125,7 @@ def test_curves_figure_from_curve_files_and_floors(tmp_path, capsys):
         (tmp_path / run).mkdir()
         pts = [{"epoch": e, "step": 10 * e, "test/retrieval_map": v, "test/knn_top1": v} for e, v in enumerate(vals)]
         (tmp_path / run / "curve.json").write_text(json.dumps({"points": pts}))
-    (tmp_path / "metrics_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
+    (tmp_path / "metrics_eval_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
     found, floors = curves.collect([tmp_path])
     assert sorted(found) == ["a", "b"] and [p["test/retrieval_map"] for p in found["a"]] == [5.0, 6.0, 8.0]
     assert list(floors) == ["floor: colour histogram (ckpt=colorhist)"]
@@ -146,12 +148,12 @@ def test_evidence_collect_copies_finished_records_only(tmp_path):
     (done / "curve.json").write_text("{}")
     make_job(src, 1, ["seed=1"], None, seed=1)  # running: no metrics.json
     (src / "floors").mkdir()
-    (src / "floors" / "metrics_colorhist.json").write_text("{}")
+    (src / "floors" / "metrics_eval_colorhist.json").write_text("{}")
     assert evidence.main(["collect", str(src), str(dst)]) == 0
     copied = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
     assert copied == sorted([f"{done.name}/metrics.json", f"{done.name}/curve.json",
                              f"{done.name}/checkpoints/config.yaml", f"{done.name}/.hydra/overrides.yaml",
-                             "floors/metrics_colorhist.json"])
+                             "floors/metrics_eval_colorhist.json"])
 
 
 def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monkeypatch, capsys):
@@ -178,8 +180,8 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
         (run_dir / ".hydra" / "overrides.yaml").write_text("[]")
         (run_dir / "checkpoints").mkdir()
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
-        name = "metrics_colorhist.json" if "ckpt=colorhist" in cmd else (
-            "metrics_random_init.json" if "ckpt=random" in cmd else "metrics.json")
+        name = "metrics_eval_colorhist.json" if "ckpt=colorhist" in cmd else (
+            "metrics_eval_random.json" if "ckpt=random" in cmd else "metrics.json")
         (run_dir / name).write_text("{}")
         return subprocess.CompletedProcess(cmd, 0)
 
@@ -189,7 +191,7 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
     assert len(ran) == len(jobs) - 1
     assert any(c[1].endswith("evaluate.py") and "ckpt=random" in c for c in ran)
     assert all("experiment=cpu_evidence" in c for c in ran)
-    assert (record / "floors" / "random" / "metrics_random_init.json").is_file()
+    assert (record / "floors" / "random" / "metrics_eval_random.json").is_file()
     assert (record / "simsiam/synthesis_syn_rationale_none_seed_0" / "metrics.json").is_file()
     assert not list(record.rglob("*.ckpt"))
     assert "failed: simsiam/synthesis_none_rationale_none_seed_1" in capsys.readouterr().err

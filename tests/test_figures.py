@@ -64,11 +64,15 @@ def test_make_figures_writes_every_figure(smoke_runs, tmp_path):
             assert im.size[0] > 200 and im.size[1] > 150, (name, im.size)
             assert len(set(im.convert("L").getdata())) > 10, f"{name}.png is blank"
     # Grad-CAM: one row per checkpoint (base, +SYN, +LCR) -> taller than a single-model figure
-    single = tmp_path / "single"
+    single, cwd = tmp_path / "single", tmp_path / "cwd"
+    cwd.mkdir()
     r1 = subprocess.run([sys.executable, str(ROOT / "figures.py"), f"ckpt={ckpts['base']}",
-                         f"figures.out_dir={single}", "figures.num_images=4", "logger=none"],
-                        capture_output=True, text=True, timeout=600, env=env)
+                         f"figures.out_dir={single}", "figures.num_images=4"],  # the default logger: wandb
+                        capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
     assert r1.returncode == 0, r1.stderr[-3000:]
+    # no Hydra folder in the working directory, and no wandb run for a run trained with CSV (issue 18, 4, 5, 7)
+    assert not list(cwd.iterdir()), list(cwd.rglob("*"))[:10]
+    assert not list(ckpts["base"].parent.parent.rglob("wandb")) and not list(single.rglob("wandb"))
     with Image.open(single / "gradcam.png") as im:
         assert sizes["gradcam"][1] > im.size[1]
     assert not (single / "syn_pairs.png").exists(), "no SYN pairs without a SYN checkpoint"
@@ -108,3 +112,23 @@ def test_collect_sweep_keeps_methods_apart(smoke_runs, tmp_path):
     with pytest.raises(FgsslError, match="no SYN jobs .* for method simsiam"):
         collect_sweep(str(mixed), method="simsiam")  # only its base job is there
 
+
+
+def test_alpha_sweep_of_the_full_method_says_what_it_drew(smoke_runs, tmp_path, capsys):
+    """Issue 18, item 2: a sweep without nu = 0 jobs (the README's old command kept nu = 1) draws the full-method
+    jobs against alpha and says that the L_C + alpha L_R curve needs experiment=syn_alpha_sweep."""
+    from fgssl.figures import fig_alpha_sweep
+
+    _, sweep, _ = smoke_runs
+    full = tmp_path / "full_only"
+    for name in ("base", "full"):
+        shutil.copytree(sweep / name, full / name, ignore=shutil.ignore_patterns("*.ckpt"))
+    fig = fig_alpha_sweep(str(full))
+    said = capsys.readouterr().out
+    assert "full method (nu > 0): 1 job at alpha = 0.1" in said and "base method: 1 job" in said
+    assert "No nu = 0 jobs" in said and "experiment=syn_alpha_sweep" in said
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert set(labels) == {r"full method ($\nu > 0$)", "base method"}
+    fig_alpha_sweep(str(sweep))
+    said = capsys.readouterr().out
+    assert "L_C + alpha L_R (nu = 0): 1 job at alpha = 0.1" in said and "No nu = 0" not in said

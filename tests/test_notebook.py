@@ -16,8 +16,11 @@ def test_quickstart_notebook_executes(monkeypatch, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    # gradcam + variance at least; syn_pairs too once SYN exists
-    assert len(images) >= 2
+    # every figure the README names: gradcam, syn_pairs, variance and alpha_sweep (issue 18, item 13)
+    assert len(images) == 4
+    shown = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    for name in ("gradcam", "syn_pairs", "variance", "alpha_sweep"):
+        assert f"{name}\n" in shown, name
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "trained mAP" in text and "untrained mAP" in text
     assert (tmp_path / "base" / "checkpoints" / "last.ckpt").is_file()  # it wrote where it was told

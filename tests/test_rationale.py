@@ -267,8 +267,13 @@ def test_eval_feature_gap_differs_from_auto(mocov2_lcr_run, tmp_path):
     from fgssl.run import evaluate, load_checkpoint_weights, load_run_config
 
     ckpt = mocov2_lcr_run / "checkpoints" / "last.ckpt"
+    evaluate(compose_cfg([f"ckpt={ckpt}", "trainer.enable_progress_bar=false"]))
+    auto = (mocov2_lcr_run / "metrics_eval_last.json").read_text()
     evaluate(compose_cfg([f"ckpt={ckpt}", "eval.feature=gap", "trainer.enable_progress_bar=false"]))
-    assert (mocov2_lcr_run / "metrics_eval_gap.json").exists()
+    # each evaluation has its own file, named by what it evaluated; the first is not overwritten
+    assert (mocov2_lcr_run / "metrics_eval_last.json").read_text() == auto
+    gap = json.loads((mocov2_lcr_run / "metrics_eval_last_feature-gap.json").read_text())
+    assert gap["eval"]["feature"] == "gap" and gap["test/retrieval_map"] != json.loads(auto)["test/retrieval_map"]
 
     run_cfg = load_run_config(ckpt)
     dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)

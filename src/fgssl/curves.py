@@ -3,7 +3,7 @@
 Every ``curve.json`` under the given directories (written by ``eval.every_n_epochs``, see
 ``fgssl/callbacks/curve.py``) becomes one line per metric: retrieval mAP, rank-1, rank-5, linear
 top-1 and kNN top-1 against epochs. The floors found under the same directories
-(``metrics_colorhist.json``, ``metrics_random_init.json``, from ``evaluate.py ckpt=colorhist`` /
+(``metrics_eval_colorhist*.json``, ``metrics_eval_random*.json``, from ``evaluate.py ckpt=colorhist`` /
 ``ckpt=random``) are drawn as horizontal lines. Writes one PNG (``--out``, default
 ``<first DIR>/curves.png``).
 """

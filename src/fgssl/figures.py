@@ -11,7 +11,8 @@
   directory (``figures.sweep_dir``), with the base method (synthesis=none) and the
   full method (nu > 0) as reference lines when the sweep contains them.
 
-Each figure is written as a PNG and logged to wandb when ``logger=wandb``.
+Each figure is written as a PNG; figures of a checkpoint are also logged to that run's own wandb run
+when it was trained with wandb (never to a new one).
 """
 
 from __future__ import annotations
@@ -41,11 +42,10 @@ from fgssl.eval.localisation import lcr_attention, ssl_gradcam  # noqa: E402
 def load_model(ckpt: str, num_workers: int = 0):
     """(method, datamodule, run config) for a train.py checkpoint (strict, weights_only)."""
     from fgssl.methods import build_method
+    from fgssl.preflight import check_checkpoint_file
     from fgssl.run import load_checkpoint_weights, load_run_config, resolve_queue
 
-    path = Path(ckpt).expanduser().resolve()
-    if not path.is_file():
-        raise FgsslError(f"checkpoint not found: {path}")
+    path = check_checkpoint_file("ckpt", ckpt).resolve()
     cfg = load_run_config(path)
     cfg.data.num_workers = num_workers
     cfg.data.cache = False
@@ -205,8 +205,27 @@ def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1",
     return out
 
 
+def describe_sweep(data: Dict[str, Dict[float, List[float]]]) -> str:
+    """One line saying what ``alpha_sweep.png`` shows (and, when it cannot show an alpha curve, why)."""
+
+    def jobs(key: str) -> str:
+        n = sum(len(v) for v in data[key].values())
+        at = f" at alpha = {', '.join(f'{a:g}' for a in sorted(data[key]))}" if key != "base" else ""
+        return f"{n} job{'s' if n != 1 else ''}{at}"
+
+    parts = [f"{label}: {jobs(key)}" for key, label in (("alpha", "L_C + alpha L_R (nu = 0)"),
+                                                         ("base", "base method"), ("full", "full method (nu > 0)"))
+             if data[key]]
+    text = "alpha_sweep.png: " + "; ".join(parts)
+    if not data["alpha"]:
+        text += (". No nu = 0 jobs, so there is no L_C + alpha L_R curve (run the sweep with "
+                 "experiment=syn_alpha_sweep, which sets nu = 0); the full-method jobs are drawn against alpha")
+    return text
+
+
 def fig_alpha_sweep(sweep_dir: str, metric: str = "test/linear_top1", method: Optional[str] = None) -> plt.Figure:
     data = collect_sweep(sweep_dir, metric, method)
+    print(describe_sweep(data))
     fig, ax = plt.subplots(figsize=(5, 3.2))
 
     def stats(vals):
@@ -214,17 +233,19 @@ def fig_alpha_sweep(sweep_dir: str, metric: str = "test/linear_top1", method: Op
         s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
         return m, s
 
-    if data["alpha"]:
-        alphas = sorted(data["alpha"])
-        ms = [stats(data["alpha"][a]) for a in alphas]
-        xs = list(range(len(alphas)))
-        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3,
-                    label=r"$L_C + \alpha L_R$")
-        ax.set_xticks(xs, [f"{a:g}" for a in alphas])
-    for key, style, label in (("base", "--", "base method"), ("full", ":", "full method")):
+    # the alpha curve: the nu = 0 jobs; without them (a sweep of the full method) the full-method jobs
+    curve, lines = ("alpha", ("base", "full")) if data["alpha"] else ("full", ("base",))
+    alphas = sorted(data[curve])
+    ms = [stats(data[curve][a]) for a in alphas]
+    xs = list(range(len(alphas)))
+    ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3,
+                label=r"$L_C + \alpha L_R$" if curve == "alpha" else r"full method ($\nu > 0$)")
+    ax.set_xticks(xs, [f"{a:g}" for a in alphas])
+    for key in lines:
         vals = [v for vs in data[key].values() for v in vs]
         if vals:
-            ax.axhline(stats(vals)[0], linestyle=style, color="gray" if key == "base" else "k", label=label)
+            ax.axhline(stats(vals)[0], linestyle="--" if key == "base" else ":",
+                       color="gray" if key == "base" else "k", label=f"{key} method")
     ax.set_xlabel(r"$\alpha$")
     ax.set_ylabel(metric.split("/")[-1] + " (%)")
     ax.legend(fontsize=8)
@@ -262,11 +283,23 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
         plt.close(fig)
         paths[name] = p
         print(f"wrote {p}")
-    if cfg.logger.name == "wandb" and paths:
-        import wandb
-
-        run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
-                         dir=str(out_dir), job_type="figures", name=f"figures-{out_dir.parent.name}")
-        run.log({f"figures/{k}": wandb.Image(str(v)) for k, v in paths.items()})
-        run.finish()
+    if cfg.ckpt and cfg.logger.name != "none":
+        log_to_run(paths, run_cfg, Path(cfg.ckpt).expanduser().resolve())
     return paths
+
+
+def log_to_run(paths: Dict[str, Path], run_cfg: DictConfig, ckpt: Path) -> None:
+    """Log the figures to the checkpoint's own wandb run (same id, same folder) when that run used wandb;
+    a run trained with ``logger=csv`` or ``logger=none`` gets none (``logger=none`` here skips it too)."""
+    run_dir = ckpt.parent.parent
+    id_file = run_dir / "wandb_run_id.txt"
+    if run_cfg.logger.name != "wandb" or not id_file.is_file() or not paths:
+        return
+    import wandb
+
+    lg = run_cfg.logger
+    run = wandb.init(project=lg.project, entity=lg.entity, mode=lg.mode, dir=str(run_dir),
+                     id=id_file.read_text().strip(), resume="allow")
+    run.log({f"figures/{k}": wandb.Image(str(v)) for k, v in paths.items()})
+    run.finish()
+    print(f"logged to the run's wandb run {run.id} ({run_dir / 'wandb'})")

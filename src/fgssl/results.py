@@ -245,8 +245,9 @@ def _value(group: Group, key: str) -> str:
 
 
 #: The non-learned baselines ``evaluate.py ckpt=<floor>`` writes, with their row labels.
-FLOOR_FILES = {"metrics_colorhist.json": "floor: colour histogram (ckpt=colorhist)",
-               "metrics_random_init.json": "floor: untrained network (ckpt=random)"}
+#: (file-name patterns: ``evaluate.py`` names a file by the evaluation, ``metrics_eval_<ckpt>[_<key>-<value>...].json``)
+FLOOR_FILES = {"metrics_eval_colorhist*.json": "floor: colour histogram (ckpt=colorhist)",
+               "metrics_eval_random*.json": "floor: untrained network (ckpt=random)"}
 
 
 def find_floors(root: Path) -> List[Group]:
@@ -315,7 +316,7 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
                  floor_dirs: Sequence[Path] = ()) -> Dict[str, Any]:
     """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``.
 
-    Floor rows (``metrics_colorhist.json``, ``metrics_random_init.json`` anywhere under ``root`` or
+    Floor rows (``metrics_eval_colorhist*.json``, ``metrics_eval_random*.json`` anywhere under ``root`` or
     ``floor_dirs``) come first; with ``baseline`` (``key=value`` overrides naming one configuration)
     a second table gives every other configuration's mean paired difference to it, seed by seed, with
     a 95 % t interval."""
@@ -407,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; do not write results.md/.csv")
     p.add_argument("--floors", action="append", default=[], metavar="DIR",
-                   help="also read floor files (metrics_colorhist.json, metrics_random_init.json) under DIR")
+                   help="also read floor files (metrics_eval_colorhist*.json, metrics_eval_random*.json) under DIR")
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,...]",
                    help="the configuration to compare every other one against, seed by seed (paired "
                         "differences with 95%% t intervals), e.g. 'synthesis=none,rationale=none'")

@@ -22,10 +22,9 @@ from fgssl.methods import build_method
 from fgssl.methods.mocov2 import default_queue_size
 from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
+from fgssl.preflight import FLOORS  # ckpt=random / colorhist: the non-learned baselines
 
 RUN_DIR_ENV = "FGSSL_RUN_DIR"
-#: ``evaluate.py ckpt=<floor>``: the non-learned baselines and the metrics file each writes.
-FLOORS = {"random": "metrics_random_init", "colorhist": "metrics_colorhist"}
 CONFIG_NAME = "config.yaml"
 
 
@@ -102,6 +101,20 @@ def build_logger(cfg: DictConfig, out: Path, resuming: bool = False):
             id=wandb_run_id(out, resuming), resume="allow",  # a resumed run continues its wandb run
         )
     raise FgsslError(f"logger.name={lg.name!r} must be wandb, csv or none")
+
+
+def logger_note(cfg: DictConfig) -> str:
+    """The logger in use, for the start-up line; says so when it is ``debug=smoke``'s CSV (not the default wandb)."""
+    text = f"logger {cfg.logger.name}" + (f" ({cfg.logger.mode})" if cfg.logger.name == "wandb" else "")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # not under Hydra
+        return text
+    if choices.get("debug") == "smoke" and choices.get("logger") == "csv":
+        text += " (debug=smoke logs to CSV; add logger=wandb for wandb)"
+    return text
 
 
 def finish_logger(logger) -> None:
@@ -198,6 +211,17 @@ def load_run_config(ckpt: Path) -> DictConfig:
                      f"checkpoints/ folder")
 
 
+def _load_failure(e: Exception) -> str:
+    """Why torch could not load a file, in one line and without torch's advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        why = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+        return f"it holds objects a weights-only load refuses to build; {why}".rstrip("; ")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}"
+
+
 def read_checkpoint(path: Path, what: str) -> dict:
     """A Lightning checkpoint's dict, loaded with ``weights_only=True``; anything unreadable (truncated
     by a kill during a copy, tampered with, not a checkpoint) is one :class:`FgsslError` starting with
@@ -207,8 +231,7 @@ def read_checkpoint(path: Path, what: str) -> dict:
         if not isinstance(obj, dict) or "state_dict" not in obj:
             raise ValueError("no 'state_dict' in it")
     except Exception as e:  # noqa: BLE001
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise FgsslError(f"{what} ({type(e).__name__}: {first})") from None
+        raise FgsslError(f"{what} ({_load_failure(e)})") from None
     return obj
 
 
@@ -298,7 +321,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         n_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
         print(f"fgssl: {cfg.method.name} on {cfg.data.name} ({dm.num_train} train / {len(dm.test_samples)} test "
               f"images, {dm.num_classes} classes), {cfg.backbone.name} {cfg.data.image_size}px, "
-              f"{n_params / 1e6:.1f}M trainable params, run dir {out}")
+              f"{n_params / 1e6:.1f}M trainable params, {logger_note(cfg)}, run dir {out}")
     trainer.fit(method, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 
     metrics: Dict[str, float] = {}
@@ -316,24 +339,55 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     return metrics
 
 
+#: ``eval.*`` keys that do not change an evaluation's numbers (training-time or memory knobs).
+EVAL_NAME_IGNORED = ("at_end", "knn_every_n_epochs", "every_n_epochs", "retrieval_chunk")
+
+
+def eval_metrics_name(ckpt: str, eval_cfg: DictConfig) -> str:
+    """The file an ``evaluate.py`` run writes: ``metrics_eval_<checkpoint>[_<key>-<value>...].json``, named by
+    the checkpoint file (``random`` for an untrained network) and every ``eval.*`` setting that differs
+    from the schema's default, so two different evaluations never share a file (``train.py`` writes
+    ``metrics.json``)."""
+    from fgssl.config import EvalConfig, run_slug
+
+    default = OmegaConf.structured(EvalConfig)
+    parts = [Path(ckpt).stem]  # last.ckpt -> last; ckpt=random -> random, ckpt=colorhist -> colorhist
+    for key in sorted(eval_cfg):
+        if key in EVAL_NAME_IGNORED or key not in default or eval_cfg[key] == default[key]:
+            continue
+        value = eval_cfg[key]
+        value = ",".join(map(str, value)) if OmegaConf.is_list(value) else value
+        parts.append(f"{key}-{value}")
+    return f"metrics_eval_{run_slug('_'.join(parts))}.json"
+
+
+def eval_out_dir(cfg: DictConfig, ckpt: Optional[Path]) -> Path:
+    """Where an evaluation writes: ``out_dir`` when given, else the checkpoint's run directory (the
+    folder above ``checkpoints/``), else (a floor: ``ckpt=random``/``colorhist``) ``outputs/<name>/<ckpt>``."""
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    if ckpt is not None:
+        return ckpt.parent.parent if ckpt.parent.name.startswith("checkpoints") else ckpt.parent
+    return Path("outputs") / str(cfg.name) / str(cfg.ckpt)
+
+
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
     """Evaluate ``cfg.ckpt``, or a floor: an untrained network (``ckpt=random``) or the colour
     histogram of the image (``ckpt=colorhist``), both through the same evaluation code."""
+    from fgssl.preflight import check_checkpoint_file
+
     if not cfg.ckpt:
         raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint), ckpt=random or ckpt=colorhist")
-    floor = cfg.ckpt in FLOORS
-    if floor:
+    ckpt = None
+    if cfg.ckpt in FLOORS:
         run_cfg = cfg
-        out = run_dir(cfg)
     else:
-        ckpt = Path(cfg.ckpt).expanduser().resolve()
-        if not ckpt.is_file():
-            raise FgsslError(f"ckpt={ckpt}: file not found")
+        ckpt = check_checkpoint_file("ckpt", cfg.ckpt).resolve()
         run_cfg = load_run_config(ckpt)
         run_cfg.eval = cfg.eval  # evaluation knobs come from the command line
         run_cfg.data.num_workers = cfg.data.num_workers
         run_cfg.trainer.accelerator = cfg.trainer.accelerator
-        out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent.parent
+    out = eval_out_dir(cfg, ckpt)
     pl.seed_everything(cfg.seed, verbose=False)
     dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
     dm.setup()
@@ -345,14 +399,13 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
         run_cfg.eval.localisation = False  # no network: no Grad-CAM map to localise with
     else:
         method = build_method(run_cfg)
-    if not floor:
+    if ckpt is not None:
         load_checkpoint_weights(method, ckpt)
     metrics = run_evaluation(method, dm, run_cfg, device_of(run_cfg), progress=cfg.trainer.enable_progress_bar)
-    suffix = "" if cfg.eval.feature == "auto" else f"_{cfg.eval.feature}"
-    name = FLOORS[cfg.ckpt] if floor else f"metrics_eval{suffix}"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    tmp = write_metrics(metrics, out / ".tmp_eval", {"ckpt": str(cfg.ckpt)})
+    path = out / eval_metrics_name(str(cfg.ckpt), cfg.eval)
+    tmp = write_metrics(metrics, out / ".tmp_eval", {"ckpt": str(cfg.ckpt),
+                                                       "eval": OmegaConf.to_container(cfg.eval, resolve=True)})
     tmp.replace(path)
     tmp.parent.rmdir()
     print(format_table(metrics, f"evaluate {cfg.ckpt}"))

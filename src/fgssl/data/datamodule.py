@@ -24,6 +24,7 @@ from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
 from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
+from fgssl.preflight import check_batch_size
 
 
 class ImageDataset(Dataset):
@@ -138,13 +139,7 @@ class FGVRDataModule(pl.LightningDataModule):
         if c.verify_images:
             tr = filter_bad(tr, c.on_bad_image, self.bad_log)
             te = filter_bad(te, c.on_bad_image, self.bad_log)
-        if c.batch_size * self.world_size > len(tr):
-            raise FgsslError(
-                f"data.batch_size={c.batch_size} (x {self.world_size} processes) is larger than the "
-                f"{len(tr)} training images of data={c.name}; lower data.batch_size"
-            )
-        if c.batch_size < 2:
-            raise FgsslError(f"data.batch_size={c.batch_size}: BatchNorm needs at least 2 images per batch")
+        check_batch_size(c, len(tr), self.world_size)
         self.pipeline, self.pipeline_reason = self._choose(len(tr) + len(te))
         if self.pipeline == "device":
             self._setup_device(tr, te)

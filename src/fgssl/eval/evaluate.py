@@ -44,6 +44,8 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
         "test/retrieval_rank1": r["rank1"],
         "test/retrieval_rank5": r["rank5"],
         "test/retrieval_map": r["map"],
+        "test/retrieval_queries": r["queries"],  # test images with another same-class image
+        "test/retrieval_queries_without_match": r["no_match"],  # left out of every retrieval metric
         "test/linear_top1": lin["top1"],
         "test/knn_top1": knn,
         "test/linear_wd": lin["wd"],

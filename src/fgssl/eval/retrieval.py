@@ -5,7 +5,12 @@ L2-normalised features.
 
 * rank-k: fraction of queries with at least one same-class item in the top k;
 * AP = (1/M) * sum_k k / r_k over the ranks r_k of the query's M same-class
-  items; mAP is the mean over queries that have at least one same-class item.
+  items; mAP is the mean of AP over the queries.
+
+Every metric uses the same queries: those with at least one other same-class item (a query
+without one has no right answer, so it counts in neither rank-k nor mAP). On a full test set
+every class has several images; on a subset (``eval.max_images``) some may have one, and
+``no_match`` reports how many queries were left out that way.
 
 No row of the similarity matrix is ever sorted.  For a query with M matches
 sorted by similarity ``p_1 >= ... >= p_M``, the rank of the k-th match is
@@ -106,7 +111,8 @@ def _chunk_stats(sim: Tensor, same: Tensor, ks: Sequence[int]) -> tuple[Dict[int
 
 @torch.no_grad()
 def retrieval_metrics(feats: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5), chunk: int = 1024) -> Dict[str, float]:
-    """Return ``{"rank1": %, "rank5": %, "map": %}`` (percentages)."""
+    """Return ``{"rank1": %, "rank5": %, "map": %, "queries": Q, "no_match": n - Q}``: percentages over the
+    ``Q`` queries that have at least one other same-class item, and how many queries had none."""
     x = F.normalize(feats.float(), dim=1)
     if not torch.isfinite(x).all():
         raise ValueError("retrieval_metrics: the features contain NaN or inf (a diverged model?)")
@@ -127,6 +133,8 @@ def retrieval_metrics(feats: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5),
             hits[k] += float(h[k])
         ap_sum += float(a)
         ap_count += int(v)
-    out = {f"rank{k}": 100.0 * hits[k] / n for k in ks}
+    out = {f"rank{k}": 100.0 * hits[k] / max(1, ap_count) for k in ks}  # the same queries as mAP
     out["map"] = 100.0 * ap_sum / max(1, ap_count)
+    out["queries"] = float(ap_count)
+    out["no_match"] = float(n - ap_count)
     return out

@@ -1,0 +1,197 @@
+"""Checks that need no model, run before anything heavy is imported or built.
+
+The entry points (``train.py``, ``evaluate.py``, ``figures.py``) call :func:`check_cli_keys` on the
+command line before Hydra composes it, and :func:`preflight` on the composed config before
+importing Lightning (about 6 s on a small CPU): a typo, a missing path, a batch larger than the
+dataset or a missing GPU then costs a fraction of a second and prints one ``fgssl error:`` line.
+This module imports nothing heavier than OmegaConf (torch only for the device check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+import zipfile
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig
+
+from fgssl.config import Config
+from fgssl.errors import ConfigError, FgsslError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: ``evaluate.py ckpt=<floor>``: the non-learned baselines, evaluated without a checkpoint.
+FLOORS = ("random", "colorhist")
+
+
+# ---------------------------------------------------------------------- keys
+def _schema_node(path: Sequence[str]) -> Optional[Any]:
+    """The dataclass type at ``path`` in the schema, ``Any`` for a leaf, None if the path is unknown."""
+    node: Any = Config
+    for part in path:
+        if not dataclasses.is_dataclass(node):
+            # a leaf (or a free-form value such as trainer.devices or a list): nothing below it is checked
+            return Any
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return None
+        hints = typing.get_type_hints(node)
+        node = hints[part]
+    return node
+
+
+def _known_below(path: Sequence[str]) -> List[str]:
+    node = _schema_node(path)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    """The one error for a key the schema does not know (``data.rot``, ``+data.rot``, ``method.temprature``)."""
+    parts = key.split(".")
+    i = 0
+    while i < len(parts) and _schema_node(parts[: i + 1]) is not None:
+        i += 1
+    parent = ".".join(parts[:i])
+    known = _known_below(parts[:i])
+    close = difflib.get_close_matches(parts[i], known, n=1, cutoff=0.6) if i < len(parts) else []
+    hint = f"did you mean {'.'.join([*parts[:i], close[0]])}? " if close else ""
+    where = f"'{parent}'" if parent else "the top level"
+    return ConfigError(f"unknown config key {key}: {where} has no key '{parts[i]}'; {hint}"
+                       f"`python train.py --cfg job` prints every key")
+
+
+def _is_group(key: str) -> bool:
+    return (CONF_DIR / key.replace(".", "/")).is_dir()
+
+
+def check_cli_keys(argv: Sequence[str]) -> None:
+    """Reject a command-line override whose key the schema does not know, with or without ``+``/``++``.
+
+    Hydra would say ``Could not override 'data.rot'. To append to your config use +data.rot=1``, and
+    ``+data.rot=1`` would then be accepted silently; both get :func:`unknown_key_error` instead.
+    Anything this cannot parse is left to Hydra.
+    """
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args, _ = get_args_parser().parse_known_args(list(argv))
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:  # noqa: BLE001 - malformed input: Hydra's own parser reports it
+        return
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete() or _is_group(key) or o.package:
+            continue
+        if _schema_node(key.split(".")) is None:
+            raise unknown_key_error(key)
+
+
+def check_known_keys(cfg: DictConfig, path: Sequence[str] = ()) -> None:
+    """Every key of the composed ``cfg`` is in the schema (``+key=...`` cannot add one)."""
+    node = _schema_node(path)
+    if not dataclasses.is_dataclass(node):
+        return
+    for key in cfg.keys():
+        sub = [*path, str(key)]
+        if _schema_node(sub) is None:
+            raise unknown_key_error(".".join(sub))
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            check_known_keys(value, sub)
+
+
+# ---------------------------------------------------------------------- paths, sizes, devices
+def _need_file(what: str, value: Optional[str]) -> Optional[Path]:
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise FgsslError(f"{what}={value}: file not found" + (f" ({p.resolve()})" if not p.is_absolute() else ""))
+    return p
+
+
+def check_checkpoint_file(what: str, value: str) -> Path:
+    """``value`` is a file that looks like a fgssl checkpoint (a torch zip archive with a config.yaml beside it)."""
+    p = _need_file(what, value)
+    assert p is not None
+    if not zipfile.is_zipfile(p):
+        raise FgsslError(f"{what}={p}: not a fgssl checkpoint (not a PyTorch checkpoint archive; train.py writes "
+                         f"<run dir>/checkpoints/last.ckpt)")
+    return p
+
+
+def check_data(cfg: DictConfig) -> int:
+    """The dataset's train split can be listed and is larger than one batch; returns its size."""
+    from fgssl.data.readers import read_split
+
+    n = len(read_split(cfg.data.name, cfg.data.root, "train").samples)
+    read_split(cfg.data.name, cfg.data.root, "test")
+    check_batch_size(cfg.data, n, 1)
+    return n
+
+
+def check_batch_size(data: DictConfig, num_train: int, world_size: int) -> None:
+    if data.batch_size * world_size > num_train:
+        raise FgsslError(
+            f"data.batch_size={data.batch_size} (x {world_size} processes) is larger than the "
+            f"{num_train} training images of data={data.name}; lower data.batch_size")
+    if data.batch_size < 2:
+        raise FgsslError(f"data.batch_size={data.batch_size}: BatchNorm needs at least 2 images per batch")
+
+
+def check_device(cfg: DictConfig) -> None:
+    acc = cfg.trainer.accelerator
+    if acc in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FgsslError(f"trainer.accelerator={acc} but no CUDA device is available; use trainer=cpu")
+
+
+def preflight(cfg: DictConfig, entry: str) -> None:
+    """All cheap checks for ``entry`` (``train``, ``evaluate`` or ``figures``) on the composed config."""
+    check_known_keys(cfg)
+    if entry == "train":
+        _need_file("backbone.weights", cfg.backbone.weights)
+        check_data(cfg)
+        check_device(cfg)
+    elif entry == "evaluate":
+        if not cfg.ckpt:
+            raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint), ckpt=random or ckpt=colorhist")
+        if cfg.ckpt in FLOORS:
+            check_data(cfg)
+        else:
+            check_checkpoint_file("ckpt", cfg.ckpt)
+    elif entry == "figures":
+        f = cfg.figures
+        if not cfg.ckpt and not f.sweep_dir:
+            raise FgsslError("figures.py needs ckpt=PATH (and/or figures.sweep_dir=MULTIRUN_DIR)")
+        if cfg.ckpt:
+            check_checkpoint_file("ckpt", cfg.ckpt)
+        for i, c in enumerate(f.compare):
+            check_checkpoint_file(f"figures.compare[{i}]", c)
+        if f.sweep_dir and not Path(f.sweep_dir).expanduser().is_dir():
+            raise FgsslError(f"figures.sweep_dir not found: {Path(f.sweep_dir).expanduser()}")
+    else:  # pragma: no cover - programming error
+        raise ValueError(entry)
+
+
+
+# ---------------------------------------------------------------------- entry points
+#: ``evaluate.py`` and ``figures.py`` write next to their checkpoint (or where asked): Hydra's run dir,
+#: its ``.hydra/`` copy of the config and its log file would be stray folders under ``outputs/``.
+NO_HYDRA_OUTPUTS = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
+
+
+def prepare_argv(argv: List[str], entry: str) -> None:
+    """Before Hydra sees ``argv`` (changed in place): reject unknown keys at once (one ``fgssl error:``
+    line, exit 2) and, for ``evaluate``/``figures``, turn Hydra's own outputs off unless asked for."""
+    from fgssl.errors import run_or_exit
+
+    run_or_exit(check_cli_keys, argv[1:])
+    if entry != "train":
+        given = {a.split("=", 1)[0].lstrip("+~") for a in argv[1:]}
+        argv[1:1] = [o for o in NO_HYDRA_OUTPUTS if o.split("=", 1)[0] not in given]
