@@ -174,6 +174,12 @@ def test_metrics_file_and_table(tmp_path):
     for k in METRIC_KEYS:
         assert k in table
     assert "title" in table and "20.00" in table
+    # a title longer than the table wraps inside its border; no row is wider than the metrics need
+    long = "evaluate /a/very/long/path/outputs/mocov2-cub53/method-mocov2_synthesis-syn/checkpoints/last.ckpt"
+    lines = format_table(m, long).splitlines()
+    assert len({len(line) for line in lines}) == 1 and len(lines[0]) == len(table.splitlines()[0])
+    assert "".join(line.strip("| ") for line in lines if "/" in line and "test/" not in line).replace(" ", "") == \
+        long.replace(" ", "")
 
 
 def _sort_reference(feats, labels, ks=(1, 5)):

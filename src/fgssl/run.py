@@ -408,6 +408,6 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
                                                        "eval": OmegaConf.to_container(cfg.eval, resolve=True)})
     tmp.replace(path)
     tmp.parent.rmdir()
-    print(format_table(metrics, f"evaluate {cfg.ckpt}"))
+    print(format_table(metrics, f"evaluate {cfg.ckpt if ckpt is None else f'{out.name}/{ckpt.name}'}"))
     print(f"metrics written to {path}")
     return metrics

@@ -73,12 +73,13 @@ def format_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
     rows += [(k, f"{v:.4g}") for k, v in metrics.items() if k not in METRIC_KEYS]
     w = max(len(k) for k, _ in rows)
     v = max(len(x) for _, x in rows)
-    if title and len(title) > w + v + 3:
-        w = len(title) - v - 3
     line = f"+-{'-' * w}-+-{'-' * v}-+"
     out = [line]
-    if title:
-        out += [f"| {title[: w + v + 3].ljust(w + v + 3)} |", line]
+    if title:  # a long title (a checkpoint path) wraps inside the border instead of widening every row
+        import textwrap
+
+        wrapped = textwrap.wrap(title, w + v + 3, break_on_hyphens=False) or [""]
+        out += [f"| {t.ljust(w + v + 3)} |" for t in wrapped] + [line]
     out += [f"| {k.ljust(w)} | {x.rjust(v)} |" for k, x in rows] + [line]
     return "\n".join(out)
 
