@@ -264,7 +264,7 @@ def test_automatic_choice_says_which_in_one_line(tmp_path, capsys):
     (x1, _), _ = next(iter(small.train_dataloader()))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "data pipeline" in ln]
     assert small.pipeline == "workers" and "exceeds data.cache_budget_gb=0.0001" in lines[0], lines
-    assert x1.shape[-1] == 32
+    assert x1.shape[-1] == small.cfg.image_size == 40  # the smoke size
     with pytest.raises(FgsslError, match="data.pipeline='gpu' must be one of auto, device, workers"):
         _dm(fx, tmp_path, "data.pipeline=gpu").setup()
 
