@@ -6,19 +6,25 @@ import hydra
 from omegaconf import DictConfig
 
 from fgssl.config import register_configs
-from fgssl.errors import run_or_exit
 from fgssl.preflight import preflight, prepare_argv
 
 register_configs()
 
 
+def _train(cfg: DictConfig):
+    from fgssl.run import train  # Lightning: imported once the preflight checks passed
+
+    return train(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    run_or_exit(preflight, cfg, "train")  # paths, sizes, keys, device: before Lightning is imported
-    from fgssl.run import train
+    from fgssl.lifecycle import run_job
 
-    metrics = run_or_exit(train, cfg)
-    return metrics.get("test/retrieval_map", 0.0)
+    # preflight (paths, sizes, keys, device: before Lightning is imported), then the run under its folder's
+    # lock and the graceful stop; one-line errors; in a sweep a failed job writes error.txt and the sweep goes on
+    metrics = run_job(_train, cfg, preflight=lambda c: preflight(c, "train"))
+    return float("nan") if metrics is None else metrics.get("test/retrieval_map", 0.0)  # None: the job failed
 
 
 if __name__ == "__main__":

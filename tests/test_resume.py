@@ -29,14 +29,19 @@ import pytorch_lightning as pl
 import fgssl.run as run
 
 kill_at = int(os.environ["KILL_AT_BATCH"])
+sig = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
 build = run.build_trainer
 
 
 class Kill(pl.Callback):
+    sent = False
+
     def on_train_batch_end(self, trainer, *args):
-        if trainer.fit_loop.total_batch_idx + 1 >= kill_at:
-            print(f"killing at batch {kill_at}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.fit_loop.total_batch_idx + 1 >= kill_at and not self.sent:
+            self.sent = True
+            print(f"sending {sig.name} at batch {kill_at}", flush=True)
+            # the whole process group, as `timeout`, SLURM and Ctrl-C do: DataLoader workers included
+            os.killpg(os.getpgid(0), sig) if os.environ.get("KILL_GROUP") else os.kill(os.getpid(), sig)
 
 
 def build_trainer(*a, **k):
@@ -51,44 +56,75 @@ runpy.run_path(os.path.join(os.environ["FGSSL_REPO"], "train.py"), run_name="__m
 """
 
 
-def _overrides(data: Path, run: Path, pipeline: str = "device"):
+def _overrides(data: Path, run: Path, pipeline: str = "device", workers: int = 0):
     return ["method=mocov2", "data=imagefolder", f"data.root={data}", f"data.pipeline={pipeline}",
-            "data.image_size=32", "data.batch_size=8",
-            "data.num_workers=0", "trainer.max_epochs=2", "trainer.ckpt_every_n_steps=4",
+            "data.image_size=32", "data.batch_size=8", f"data.num_workers={workers}", "trainer.max_epochs=2",
+            "trainer.ckpt_every_n_steps=4",
             "synthesis=syn", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=1",
-            "eval.max_images=24", "eval.knn_every_n_epochs=0", "eval.linear_max_iter=20",
+            "eval.max_images=24", "eval.knn_every_n_epochs=1", "eval.linear_max_iter=20",
             "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
 
 
 def _train(args, env, script=None):
     cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, str(ROOT / "train.py"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+    # a session of its own: a signal sent to the process group (KILL_GROUP) does not reach pytest
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT),
+                          start_new_session=True)
 
 
-@pytest.mark.parametrize("pipeline", ["device", pytest.param("workers", marks=pytest.mark.slow)])
-def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(pipeline, tmp_path):
-    """Both input pipelines: the device pipeline's views come from the same per-image seeds."""
-    data = make_imagefolder(tmp_path / "data", classes=3, per_class=16)
-    env = dict(os.environ, OMP_NUM_THREADS="1", KILL_AT_BATCH=str(KILL_AT_BATCH), FGSSL_REPO=str(ROOT))
+def _env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS="1", KILL_AT_BATCH=str(KILL_AT_BATCH), FGSSL_REPO=str(ROOT), **extra)
 
-    ref = _train(_overrides(data, tmp_path / "ref", pipeline), env)
-    assert ref.returncode == 0, ref.stderr[-4000:]
-    assert f"fgssl: data pipeline {pipeline}" in ref.stdout
 
-    run = tmp_path / "killed"
-    killed = _train(_overrides(data, run, pipeline), env, script=KILLER)
-    assert killed.returncode == -9, (killed.returncode, killed.stderr[-4000:])
-    assert not (run / "metrics.json").exists()
-    on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert on_disk["global_step"] == 16, "the step checkpoint after batch 8 (2 optimizers x 8)"
-    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 8  # training steps
-    assert on_disk["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1, "mid epoch 2"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """``reference(pipeline)``: the uninterrupted run every interrupted one is compared with, made once
+    per input pipeline: (data dir, run dir)."""
+    base = tmp_path_factory.mktemp("resume")
+    data = make_imagefolder(base / "data", classes=3, per_class=16)
+    made = {}
 
-    resumed = _train(_overrides(data, run, pipeline), env)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    def get(pipeline: str = "device"):
+        if pipeline not in made:
+            ref = _train(_overrides(data, base / f"ref-{pipeline}", pipeline), _env())
+            assert ref.returncode == 0, ref.stderr[-4000:]
+            assert f"fgssl: data pipeline {pipeline}" in ref.stdout
+            made[pipeline] = (data, base / f"ref-{pipeline}")
+        return made[pipeline]
 
-    a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return get
+
+
+def csv_rows(run: Path):
+    """The rows of ``run/csv/metrics.csv`` as (step, frozenset of the logged keys) plus the values."""
+    import csv
+
+    with open(run / "csv" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: v for k, v in r.items() if v not in ("", None)} for r in rows]
+
+
+def assert_same_csv(ref: Path, run: Path):
+    """Every row of the uninterrupted run's CSV log is in ``run``'s exactly once (same step, keys and
+    values to 1e-4), and there is no other row: resume appends, without duplicates or gaps."""
+    a, b = csv_rows(ref), csv_rows(run)
+
+    def key(r):
+        return (int(r["step"]), tuple(sorted(k for k in r if k != "step")))
+
+    assert sorted(map(key, a)) == sorted(map(key, b)), (a, b)
+    by_key = {key(r): r for r in a}
+    for r in b:
+        for k, v in r.items():
+            if k.endswith("_seconds"):
+                continue  # wall-clock times
+            assert float(v) == pytest.approx(float(by_key[key(r)][k]), rel=1e-4, abs=1e-5), (key(r), k)
+    assert any("val/knn_top1" in r for r in b), "the epoch-end kNN rows"
+    assert any("test/retrieval_map" in r for r in b), "the final test metrics reach the CSV log"
+
+
+def assert_same_end(ref: Path, run: Path):
+    a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 24
     assert json.loads((run / "metrics.json").read_text())["steps"] == 12  # training steps, not optimizer steps
@@ -101,10 +137,59 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(pipeline, tmp_path
             assert torch.equal(va, vb), k
     assert any("queue" in k for k in a["state_dict"]) and any(k.startswith("synthesis") or ".synth" in k or
                                                               "stats" in k for k in a["state_dict"])
-    ma = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    ma = json.loads((ref / "metrics.json").read_text())
     mb = json.loads((run / "metrics.json").read_text())
     for k in ("test/retrieval_map", "test/retrieval_rank1", "test/linear_top1", "test/knn_top1"):
         assert mb[k] == pytest.approx(ma[k], abs=1e-3), k
+    assert not list(run.rglob("*.tmp")), "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("pipeline", ["device", pytest.param("workers", marks=pytest.mark.slow)])
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(pipeline, reference, tmp_path):
+    """Both input pipelines: the device pipeline's views come from the same per-image seeds."""
+    data, ref = reference(pipeline)
+    run = tmp_path / "killed"
+    killed = _train(_overrides(data, run, pipeline), _env(), script=KILLER)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-4000:])
+    assert not (run / "metrics.json").exists()
+    on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert on_disk["global_step"] == 16, "the step checkpoint after batch 8 (2 optimizers x 8)"
+    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 8  # training steps
+    assert on_disk["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1, "mid epoch 2"
+
+    resumed = _train(_overrides(data, run, pipeline), _env())
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    assert_same_end(ref, run)
+    # issue 15: Lightning's CSV writer used to delete the log of the killed run on resume
+    assert_same_csv(ref, run)
+
+
+@pytest.mark.parametrize("pipeline,sig", [("device", "SIGTERM"),
+                                          pytest.param("workers", "SIGTERM", marks=pytest.mark.slow),
+                                          pytest.param("workers", "SIGINT", marks=pytest.mark.slow)])
+def test_stop_signal_mid_epoch_saves_the_step_and_resume_matches(pipeline, sig, reference, tmp_path):
+    """SIGTERM (SLURM, Kubernetes, `timeout`) or SIGINT (Ctrl-C) to the whole process group (with the
+    workers pipeline: 2 DataLoader workers) during batch 9: the step finishes, last.ckpt holds step 9 (the
+    regular one was at 8), one line, exit code 128 + signal; the same command then ends equal to an
+    uninterrupted run, CSV log included."""
+    data, ref = reference(pipeline)
+    run = tmp_path / "stopped"
+    workers = 2 if pipeline == "workers" else 0
+    stopped = _train(_overrides(data, run, pipeline, workers), _env(KILL_SIGNAL=sig, KILL_GROUP="1"), script=KILLER)
+    signum = {"SIGTERM": 15, "SIGINT": 2}[sig]
+    assert stopped.returncode == 128 + signum, (stopped.returncode, stopped.stderr[-12000:])
+    err = stopped.stderr.strip().splitlines()
+    assert err[-1] == f"stopped by {sig} at step {KILL_AT_BATCH}; rerun the same command to resume", err[-5:]
+    assert "Traceback" not in stopped.stderr and "DataLoader worker" not in stopped.stderr, stopped.stderr[-4000:]
+    on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == KILL_AT_BATCH
+    assert not (run / "metrics.json").exists() and not list(run.rglob("*.tmp"))
+
+    resumed = _train(_overrides(data, run, pipeline, workers), _env())
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert_same_end(ref, run)
+    assert_same_csv(ref, run)
 
 
 @pytest.fixture

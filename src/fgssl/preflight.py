@@ -143,21 +143,19 @@ def check_batch_size(data: DictConfig, num_train: int, world_size: int) -> None:
 
 
 def check_device(cfg: DictConfig) -> None:
-    acc = cfg.trainer.accelerator
-    if acc in ("gpu", "cuda"):
-        import torch
+    """No GPU, or fewer than ``trainer.devices``: one line naming the key and ``trainer=cpu``."""
+    from fgssl.lifecycle import check_devices
 
-        if not torch.cuda.is_available():
-            raise FgsslError(f"trainer.accelerator={acc} but no CUDA device is available; use trainer=cpu")
+    check_devices(cfg)
 
 
 def preflight(cfg: DictConfig, entry: str) -> None:
     """All cheap checks for ``entry`` (``train``, ``evaluate`` or ``figures``) on the composed config."""
     check_known_keys(cfg)
     if entry == "train":
+        check_device(cfg)  # first: a missing device is found before anything is read
         _need_file("backbone.weights", cfg.backbone.weights)
         check_data(cfg)
-        check_device(cfg)
     elif entry == "evaluate":
         if not cfg.ckpt:
             raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint), ckpt=random or ckpt=colorhist")

@@ -18,6 +18,8 @@ from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
+from fgssl.fsio import checkpoint_io
+from fgssl.lifecycle import GracefulStop
 from fgssl.methods import build_method
 from fgssl.methods.mocov2 import default_queue_size
 from fgssl.nets.backbones import compile_backbones
@@ -86,8 +88,10 @@ def build_logger(cfg: DictConfig, out: Path, resuming: bool = False):
     lg = cfg.logger
     if lg.name == "none":
         return False
-    if lg.name == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(out), name="csv", version="")
+    if lg.name == "csv":  # appends on resume (Lightning's CSVLogger deletes the old log): fgssl.loggers
+        from fgssl.loggers import csv_logger
+
+        return csv_logger(out, out / "checkpoints" / "last.ckpt" if resuming else None)
     if lg.name == "wandb":
         if lg.mode not in ("offline", "online", "disabled"):
             raise FgsslError(f"logger.mode={lg.mode!r} must be offline, online or disabled")
@@ -118,7 +122,10 @@ def logger_note(cfg: DictConfig) -> str:
 
 
 def finish_logger(logger) -> None:
-    """Close the wandb run so each multirun job gets its own run."""
+    """Write what the logger holds (the final test metrics are logged after ``fit``) and close the
+    wandb run so each multirun job gets its own run."""
+    if logger:
+        logger.save()
     if isinstance(logger, pl.loggers.WandbLogger):
         import wandb
 
@@ -133,7 +140,8 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     if keep < 0:
         raise FgsslError(f"trainer.keep_every_n_epochs={keep} must be >= 0 (0 = keep only last.ckpt)")
     # last.ckpt: every epoch end and every ckpt_every_n_steps steps (a kill costs at most that many)
-    ckpts: List[pl.Callback] = [LastCheckpoint(str(out / "checkpoints"), int(t.ckpt_every_n_steps))]
+    last = LastCheckpoint(str(out / "checkpoints"), int(t.ckpt_every_n_steps))
+    ckpts: List[pl.Callback] = [last, *stop_callbacks(last)]  # SIGTERM / SIGINT: see fgssl.lifecycle
     if keep:  # epochNNN.ckpt every `keep` epochs, all kept
         ckpts.append(pl.callbacks.ModelCheckpoint(
             dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -146,6 +154,7 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
         callbacks=[*ckpts, RngState(), CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],
         num_sanity_val_steps=0, use_distributed_sampler=False,  # the datamodule shards (data/sampling.py)
+        plugins=[checkpoint_io()],  # atomic checkpoint writes; a full disk is one clear error (fgssl.fsio)
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:
@@ -156,6 +165,13 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         # the schema stores a float; Lightning would read 1.0 as "100 %", we read it as "one batch"
         kw["limit_train_batches"] = int(limit) if limit >= 1 and limit.is_integer() else limit
     return pl.Trainer(**kw)
+
+
+def stop_callbacks(last: LastCheckpoint) -> List[pl.Callback]:
+    """The graceful-stop callback when the run is under :func:`fgssl.lifecycle.run_job` (train.py)."""
+    from fgssl.callbacks.stop import StopOnSignal
+
+    return [StopOnSignal(GracefulStop.current, last)] if GracefulStop.current is not None else []
 
 
 def cpu_run(cfg: DictConfig) -> bool:
@@ -282,7 +298,8 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         os.environ[RUN_DIR_ENV] = str(out)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # config.yaml is saved there first
+    # ModelCheckpoint's: config.yaml is saved in checkpoints/ first (no warning that reports lost data is filtered)
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 

@@ -24,6 +24,7 @@ from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
 from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
+from fgssl.lifecycle import QuietWorkerInit
 from fgssl.preflight import check_batch_size
 
 
@@ -234,7 +235,8 @@ class FGVRDataModule(pl.LightningDataModule):
             return devpipe.DeviceEvalLoader(ds, self.cfg.eval_batch_size, sampler)
         self.say()
         return DataLoader(ds, batch_size=self.cfg.eval_batch_size, sampler=sampler,
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=QuietWorkerInit(lightning_seed=sampler is not None))
 
     def train_dataloader(self) -> DataLoader:
         """Seeded, sharded, resumable two-view loader (see :mod:`fgssl.data.sampling`)."""
@@ -252,10 +254,12 @@ class FGVRDataModule(pl.LightningDataModule):
             # on a CPU the parameters of a batch cost ~0.1 ms per image: workers would only compete for cores
             nw = nw if dev.type == "cuda" else 0
             return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done, num_workers=nw,
-                                             persistent_workers=nw > 0)
+                                             persistent_workers=nw > 0,
+                                             worker_init_fn=QuietWorkerInit(lightning_seed=True))
         self.say()
         return ResumableLoader(self.train_set, sampler, batches_done, num_workers=nw,
-                               pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0)
+                               pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
+                               worker_init_fn=QuietWorkerInit(lightning_seed=True))
 
     def val_dataloader(self) -> List[DataLoader]:
         """The online kNN monitor's memory and test sets; sharded across DDP processes (the method

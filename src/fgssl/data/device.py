@@ -50,6 +50,7 @@ from fgssl.data.images import record_bad, to_rgb
 from fgssl.data.sampling import ResumableLoader, ResumableSampler
 from fgssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, _blur_kernel
 from fgssl.errors import FgsslError
+from fgssl.fsio import disk_full_error, is_disk_full, remove_quietly, serialized_size
 
 CACHE_VERSION = 1
 #: Layout of one view's parameter row (see :func:`view_params`).
@@ -158,15 +159,18 @@ def decoded_cache(samples: List[Tuple[str, int]], side: int, cache_dir: Optional
         record_bad(p, err, bad_log)
     kept_idx = torch.tensor([i for i, good in enumerate(ok) if good], dtype=torch.long)
     images, sizes = images[kept_idx].contiguous(), sizes[kept_idx].contiguous()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    obj = {"images": images, "sizes": sizes, "kept": kept_idx, "bad": [list(b) for b in bad], "version": CACHE_VERSION}
     try:  # atomic: a killed run leaves no half-written cache under the final name
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"images": images, "sizes": sizes, "kept": kept_idx, "bad": [list(b) for b in bad],
-                    "version": CACHE_VERSION}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except OSError as e:
-        warnings.warn(f"could not store the decoded cache in {cache_dir} ({e}); it is kept in memory only",
-                      stacklevel=2)
+        remove_quietly(tmp)  # a partial file would only fill the disk further
+        why = (str(disk_full_error(path, serialized_size(obj), "the decoded images are kept in memory for this run"))
+               if is_disk_full(e) else f"could not store the decoded cache in {cache_dir} ({e}); it is kept in "
+               f"memory only")
+        warnings.warn(why, stacklevel=2)
         path = None
     return DecodedSplit(images, sizes, [samples[i] for i in kept_idx.tolist()], path, False)
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from fgssl.data.datamodule import ImageDataset
 from fgssl.data.transforms import linear_train_transform
+from fgssl.lifecycle import QuietWorkerInit
 
 
 def linear_head(dim: int, num_classes: int) -> torch.nn.Linear:
@@ -40,7 +41,7 @@ def linear_sgd(method, dm, cfg, device: torch.device, progress: bool = True) -> 
                              on_bad=cfg.data.on_bad_image, bad_log=dm.bad_log)
     nw = cfg.data.num_workers
     train_loader = DataLoader(train_set, batch_size=e.sgd_batch_size, shuffle=True, num_workers=nw,
-                              persistent_workers=nw > 0, drop_last=False)
+                              persistent_workers=nw > 0, drop_last=False, worker_init_fn=QuietWorkerInit())
     test_loader = dm.test_loader()
     torch.manual_seed(cfg.seed)
     head = linear_head(method.feat_dim, dm.num_classes).to(device)
