@@ -36,6 +36,7 @@ from fgssl.data.transforms import denormalize  # noqa: E402
 from fgssl.errors import FgsslError  # noqa: E402
 from fgssl.eval.features import extract_features  # noqa: E402
 from fgssl.eval.localisation import lcr_attention, ssl_gradcam  # noqa: E402
+from fgssl.fsio import save_figure  # noqa: E402
 
 
 # ---------------------------------------------------------------------- loading
@@ -279,7 +280,7 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
     paths = {}
     for name, fig in figs.items():
         p = out_dir / f"{name}.png"
-        fig.savefig(p, dpi=110)
+        save_figure(fig, p, dpi=110)  # atomic; a full disk is one clear error (fgssl.fsio)
         plt.close(fig)
         paths[name] = p
         print(f"wrote {p}")

@@ -75,24 +75,26 @@ def _csv_text(fields, rows) -> str:
 
 
 class ResumableCSVLogger(pl.loggers.CSVLogger):
-    """``CSVLogger`` writing ``<save_dir>/csv/metrics.csv``; ``resume_step`` (see :func:`resume_log_step`)
-    when the run resumes, ``None`` when it starts fresh."""
+    """``CSVLogger`` writing ``<save_dir>/csv/metrics.csv``; ``resume_from``: the checkpoint the run
+    resumes from (read when the log is first written, after the run checked it), ``None`` when it
+    starts fresh."""
 
-    def __init__(self, save_dir: str, resume_step: Optional[int] = None):
+    def __init__(self, save_dir: str, resume_from: Optional[Path] = None):
         super().__init__(save_dir=save_dir, name="csv", version="")
-        self.resume_step = resume_step
+        self.resume_from = resume_from
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(self.log_dir, self.resume_step)
+            step = resume_log_step(self.resume_from) if self.resume_from else None
+            self._experiment = _AppendingWriter(self.log_dir, step)
         return self._experiment
 
 
 def csv_logger(out: Path, resume_from: Optional[Path]) -> ResumableCSVLogger:
-    return ResumableCSVLogger(str(out), resume_log_step(resume_from) if resume_from else None)
+    return ResumableCSVLogger(str(out), resume_from)
 
 
 __all__ = ["ResumableCSVLogger", "csv_logger", "resume_log_step"]

@@ -11,6 +11,7 @@ the configuration's jobs, one row per configuration.
 The rows are labelled by the overrides that differ between configurations;
 the overrides shared by all jobs are printed above the table. Jobs without a
 readable ``metrics.json`` (failed, killed, still running) are listed below it
+(a job that failed inside a sweep with its error, from its ``error.txt``)
 and left out of the statistics, and when DIR holds Hydra's ``multirun.yaml``,
 sweep points that have no job directory at all are listed as well.
 
@@ -135,6 +136,11 @@ def read_job(d: Path) -> Job:
         except Exception as e:  # noqa: BLE001
             err = f"unreadable .hydra/overrides.yaml ({type(e).__name__})"
     job = Job(d, overrides, _read_seed(d, overrides), error=err)
+    efile = d / "error.txt"  # written by a failed job of a sweep (fgssl.lifecycle.run_job)
+    if efile.is_file():
+        first = (efile.read_text(errors="replace").strip().splitlines() or ["failed"])[0]
+        job.error = f"failed: {first} (see {efile.name})"
+        return job
     mfile = d / "metrics.json"
     if not mfile.is_file():
         job.error = job.error or "no metrics.json (failed, killed or still running)"

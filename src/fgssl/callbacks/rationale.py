@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
 from fgssl.fgvr.gradcam import gradcam_map
+from fgssl.fsio import save_figure
 from fgssl.nets.bn_state import bn_stats_kept
 
 
@@ -92,7 +93,7 @@ def save_grid(x: Tensor, cam: Tensor, att: Tensor, path: Path, title: str = "") 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)  # atomic; a full disk is one clear error (fgssl.fsio)
     plt.close(fig)
     return path
 

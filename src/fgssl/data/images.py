@@ -74,11 +74,21 @@ def filter_bad(samples: Iterable[Tuple[str, int]], policy: str, log_path: Option
 
 
 def record_bad(path: str, reason: str, log_path: Optional[Path]) -> None:
+    """Warn about a bad image and list it in ``log_path`` once: the same file is found again by the
+    pre-check and by the loader, in every epoch, by several datasets and DataLoader workers (the
+    check and the append hold an ``fcntl`` lock on the log, so two workers cannot both add it)."""
     warnings.warn(f"skipping bad image {path}: {reason}", stacklevel=2)
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as fh:
-            fh.write(f"{path}\t{reason}\n")
+    if log_path is None:
+        return
+    import fcntl
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.seek(0)
+        if any(line.split("\t", 1)[0] == path for line in fh.read().splitlines()):
+            return
+        fh.write(f"{path}\t{reason}\n")
 
 
 def read_bad_log(log_path: Path) -> List[Tuple[str, str]]:

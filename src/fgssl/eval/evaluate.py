@@ -19,6 +19,7 @@ from fgssl.eval.features import extract_features
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.eval.linear import linear_probe
 from fgssl.eval.retrieval import retrieval_metrics
+from fgssl.fsio import atomic_write_text
 
 METRIC_KEYS = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
                "test/knn_top1")
@@ -90,7 +91,5 @@ def write_metrics(metrics: Dict[str, float], out_dir: Path, extra: Optional[dict
     payload = dict(metrics)
     if extra:
         payload.update(extra)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+    # a temporary file renamed over metrics.json; a full disk is one clear error (fgssl.fsio)
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
