@@ -37,6 +37,8 @@ class Kill(pl.Callback):
     sent = False
 
     def on_train_batch_end(self, trainer, *args):
+        if os.environ.get("KILL_RANK", str(trainer.global_rank)) != str(trainer.global_rank):
+            return
         if trainer.fit_loop.total_batch_idx + 1 >= kill_at and not self.sent:
             self.sent = True
             print(f"sending {sig.name} at batch {kill_at}", flush=True)
@@ -302,3 +304,57 @@ def test_speed_knobs_are_config_switches():
     conv = next(p for p in m.backbone.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert compose_cfg(["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_fault_soak_random_sigkill_and_sigterm_then_resume_matches(reference, tmp_path):
+    """One run stopped five times at random steps, by SIGKILL or SIGTERM (to the process group, with
+    DataLoader workers), and rerun each time: it ends equal to the uninterrupted run, CSV log included.
+    FGSSL_SOAK_SEED picks other points."""
+    import random
+
+    data, ref = reference("workers")
+    seed = int(os.environ.get("FGSSL_SOAK_SEED", "0"))
+    rng = random.Random(seed)
+    points = sorted(rng.sample(range(1, 13), 5))  # batches 1..12 of 12: epoch ends (6, 12) included
+    sigs = ["SIGKILL", "SIGTERM"] + [rng.choice(["SIGKILL", "SIGTERM"]) for _ in range(3)]
+    rng.shuffle(sigs)
+    run = tmp_path / "soak"
+    for at, sig in zip(points, sigs):
+        r = _train(_overrides(data, run, "workers", 2),
+                   _env(KILL_SIGNAL=sig, KILL_GROUP="1", KILL_AT_BATCH=str(at)), script=KILLER)
+        want = -9 if sig == "SIGKILL" else 143
+        assert r.returncode == want, (seed, at, sig, r.returncode, r.stderr[-4000:])
+        if sig == "SIGTERM":
+            assert _last(r.stderr) == f"stopped by SIGTERM at step {at}; rerun the same command to resume"
+            assert "Traceback" not in r.stderr
+    final = _train(_overrides(data, run, "workers", 2), _env())
+    assert final.returncode == 0, (seed, points, sigs, final.stderr[-4000:])
+    assert_same_end(ref, run)
+    assert_same_csv(ref, run)
+
+
+def _last(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
+    """2 gloo processes; only rank 1 gets SIGTERM, during step 1: both ranks agree to stop after step 1
+    (rank 0 learns it through the per-step all-reduce), last.ckpt holds step 1, the main process prints
+    one line and exits 143, and the same command then finishes the run."""
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
+    run = tmp_path / "ddp"
+    args = ["method=mocov2", "data=imagefolder", f"data.root={data}", "debug=smoke", "trainer=ddp",
+            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "data.batch_size=8",
+            "trainer.enable_progress_bar=false", "eval.knn_every_n_epochs=0", f"hydra.run.dir={run}"]
+    r = _train(args, _env(KILL_SIGNAL="SIGTERM", KILL_AT_BATCH="1", KILL_RANK="1"), script=KILLER)
+    assert r.returncode == 143, r.stderr[-6000:]
+    assert _last(r.stderr) == "stopped by SIGTERM at step 1; rerun the same command to resume", r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 1
+    resumed = _train(args, _env())
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2

@@ -16,7 +16,6 @@ points of the epochs its checkpoint had finished; a fresh start in the same fold
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -26,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from fgssl.callbacks.guards import train_steps
+from fgssl.fsio import atomic_write_text
 
 CURVE_FILE = "curve.json"
 
@@ -53,9 +53,8 @@ class LearningCurve(pl.Callback):
         return read_curve(self.path)
 
     def _write(self, points: List[Dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"points": points}, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        # a temporary file renamed over curve.json; a full disk is one clear error (fgssl.fsio)
+        atomic_write_text(self.path, json.dumps({"points": points}, indent=1, sort_keys=True))
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
