@@ -141,6 +141,7 @@ def test_sweep_goes_on_after_a_failing_job_and_reports_it(tmp_path):
     assert (jobs[0] / "metrics.json").is_file() and (jobs[2] / "metrics.json").is_file(), "jobs 1 and 3 finish"
     error = (jobs[1] / "error.txt").read_text().splitlines()[0]
     assert error.startswith("fgssl error: data.batch_size=99999") and not (jobs[1] / "metrics.json").exists()
+    print(r.stderr[r.stderr.index(f"sweep {sweep}:"):])
     assert f"sweep {sweep}: 2 of 3 job(s) finished, 1 failed" in r.stderr
     assert f"  failed: {jobs[1]}: {error}" in r.stderr
     assert "Traceback" not in r.stderr
@@ -311,6 +312,7 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path):
     assert r.returncode == 2, r.stderr[-4000:]
     last = run / "checkpoints" / "last.ckpt"
     line = _last_line(r.stderr)
+    print(line)
     assert line.startswith(f"fgssl error: disk full while writing {last}: it needs "), r.stderr[-3000:]
     assert f"left on that file system; the last good checkpoint {last} (step 1) is kept" in line
     assert "Traceback" not in r.stderr
