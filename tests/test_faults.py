@@ -366,3 +366,37 @@ def _bad_data(cfg):
         cfg.data.root = "/nonexistent/fgssl-test"
         cfg.out_dir = str(Path(os.environ.get("TMPDIR", "/tmp")) / "fgssl-filter-test")
     return cfg
+
+
+# ---------------------------------------------------------------------- quiet DataLoader workers
+class _Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        time.sleep(0.02)
+        return torch.tensor([i])
+
+
+def test_loader_workers_outlive_a_stop_signal_sent_to_the_process_group():
+    """`timeout`, SLURM and Ctrl-C signal the whole process group. torch's workers die on a SIGTERM that
+    does not come from their parent (and the main process then fails with `DataLoader worker ...
+    exited unexpectedly` in the middle of the step); with fgssl's worker_init_fn they ignore it, the
+    main process finishes its step and shuts them down."""
+    from torch.utils.data import DataLoader
+
+    from fgssl.lifecycle import QuietWorkerInit
+
+    loader = DataLoader(_Slow(), batch_size=4, num_workers=2, worker_init_fn=QuietWorkerInit())
+    it = iter(loader)
+    next(it)
+    pids = [w.pid for w in it._workers]
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this (main) process: as GracefulStop, go on
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        got = [b for b in it]  # every remaining batch arrives
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert len(got) == 15 and all(w.exitcode in (None, 0) for w in it._workers)
