@@ -400,3 +400,28 @@ def test_loader_workers_outlive_a_stop_signal_sent_to_the_process_group():
     finally:
         signal.signal(signal.SIGTERM, old)
     assert len(got) == 15 and all(w.exitcode in (None, 0) for w in it._workers)
+
+
+def test_disk_full_on_the_decoded_cache_removes_the_partial_file_and_goes_on(tmp_path, monkeypatch):
+    """The device pipeline's decoded cache is optional: a full disk leaves no partial file, warns with the
+    path, the size needed and the space left, and the decoded images are used from memory."""
+    import fgssl.data.device as device
+
+    data = make_imagefolder(tmp_path / "data", classes=2, per_class=3, test_per_class=1)
+    samples = [(str(p), 0) for p in sorted((data / "train").rglob("*.jpg"))]
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):  # writes part of the file, then the disk is full
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(device.torch, "save", full)
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match=r"disk full while writing .*decoded-.*px\.pt: it needs [\d.]+ [KM]?B, "
+                                         r"[\d.]+ [KMGT]?B left on that file system; the decoded images are kept "
+                                         r"in memory for this run"):
+        split = device.decoded_cache(samples, 16, cache)
+    assert split.images.shape == (6, 3, 16, 16) and split.path is None
+    assert list(cache.iterdir()) == [], "no partial cache file is left"
