@@ -82,9 +82,11 @@ def test_syn_pair_leaves_bn_stats_as_the_real_views_left_them(name, symmetric):
     assert_same_bn(bn_state(base), bn_state(syn))
 
 
-def test_ssl_loss_uses_batch_statistics_but_keeps_running_ones():
-    """The pair's forward still normalises with its own batch statistics (train mode)."""
-    m = build("simsiam")
+@pytest.mark.parametrize("name,extra", [("simsiam", []), ("mocov2", ["method.symmetric=true"]),
+                                        ("mocov2", ["method.symmetric=false"])])
+def test_ssl_loss_uses_batch_statistics_but_keeps_running_ones(name, extra):
+    """The pair's loss (L_Cp) is the method's objective on two batches, each with its own batch statistics."""
+    m = build(name, *extra)
     x1, x2 = _batch(seed=3)
     before = bn_state(m)
     ref = copy.deepcopy(m)
