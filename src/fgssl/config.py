@@ -136,8 +136,8 @@ class SynthesisConfig:
     #: Resolution at which the pair is encoded: ``input`` (upsampled, docs/method.md) or ``decoder`` (4x cheaper).
     pair_size: str = "input"
     #: Fraction of the batch (first samples of view 1) that forms synthesized pairs: 1.0 (default) = every
-    #: sample, as the paper. A speed knob only: L_Cp costs about one base step per unit of fraction
-    #: (measured cost and effect: docs/method.md).
+    #: sample, as the paper. A speed knob only: L_Cp costs about 0.7-0.8 base steps per unit of fraction
+    #: on the CPU bench (measured cost and effect: docs/results.md).
     pair_fraction: float = 1.0
     #: Probability of the random horizontal flip applied to each image of the pair (the only augmentation).
     pair_hflip: float = 0.5
