@@ -201,3 +201,24 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
     assert evidence.main(["status", *args, "--shard", "0/2"]) == 0
     with pytest.raises(SystemExit, match="--shard '2/2' must be I/N"):
         evidence.main(["run", *args, "--shard", "2/2"])
+
+
+def test_checkpoint_config_from_an_older_version_gets_new_keys_defaults(tmp_path):
+    """A run trained before a config key existed (here data.pipeline, eval.every_n_epochs) stays
+    evaluable: the saved config is laid over the schema. A key the schema does not know is one error."""
+    from omegaconf import OmegaConf
+
+    from fgssl.errors import FgsslError
+    from fgssl.run import load_run_config
+
+    cfg = OmegaConf.to_container(compose_cfg(["debug=smoke"]), resolve=True)
+    del cfg["data"]["pipeline"], cfg["eval"]["every_n_epochs"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    run_cfg = load_run_config(tmp_path / "checkpoints" / "last.ckpt")
+    assert run_cfg.data.pipeline == "auto" and run_cfg.eval.every_n_epochs == 0
+    assert run_cfg.data.image_size == cfg["data"]["image_size"]
+    cfg["data"]["shiny_new_knob"] = 1
+    (tmp_path / "checkpoints" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(FgsslError, match="does not fit this version of fgssl's config: .*shiny_new_knob"):
+        load_run_config(tmp_path / "checkpoints" / "last.ckpt")

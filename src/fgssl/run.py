@@ -219,10 +219,20 @@ def same_run_config(saved: Path, cfg: DictConfig) -> bool:
 
 
 def load_run_config(ckpt: Path) -> DictConfig:
-    """The resolved config saved next to a checkpoint (``checkpoints/config.yaml``)."""
+    """The resolved config saved next to a checkpoint (``checkpoints/config.yaml``), laid over the
+    schema: a key added to fgssl after the checkpoint was trained takes its default (which keeps the
+    old behaviour), so older checkpoints stay loadable; a key the schema does not know is one error."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fgssl.config import Config
+
     for cand in (ckpt.parent / CONFIG_NAME, ckpt.parent.parent / "checkpoints" / CONFIG_NAME):
         if cand.exists():
-            return OmegaConf.load(cand)
+            try:
+                return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cand))
+            except OmegaConfBaseException as e:
+                raise FgsslError(f"{cand} does not fit this version of fgssl's config: "
+                                 f"{str(e).splitlines()[0]}") from None
     raise FgsslError(f"no {CONFIG_NAME} next to checkpoint {ckpt}; it is written by train.py in the run's "
                      f"checkpoints/ folder")
 
