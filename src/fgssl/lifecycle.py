@@ -217,6 +217,8 @@ def check_devices(cfg) -> None:
     """A requested accelerator or device count that this machine does not have: one line naming the
     key and the way out, before anything is built."""
     t = cfg.trainer
+    if int(t.num_nodes) < 1:
+        raise FgsslError(f"trainer.num_nodes={t.num_nodes} must be >= 1 (the number of machines of one run)")
     acc = str(t.accelerator).lower()
     if acc not in ("gpu", "cuda"):
         return
