@@ -75,7 +75,8 @@ def _train(args, env, script=None):
 
 
 def _env(**extra):
-    return dict(os.environ, OMP_NUM_THREADS="1", KILL_AT_BATCH=str(KILL_AT_BATCH), FGSSL_REPO=str(ROOT), **extra)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_BATCH": str(KILL_AT_BATCH), "FGSSL_REPO": str(ROOT),
+            **extra}
 
 
 @pytest.fixture(scope="module")
