@@ -1,5 +1,6 @@
 """Beyond one machine (issue 16), the parts that run on this machine: a sweep through Hydra's submitit
-launcher (``hydra/launcher=submitit_local``: every job a real subprocess started by submitit)."""
+launcher (``hydra/launcher=submitit_local``: every job a real subprocess started by submitit), and
+SLURM's pre-timeout signal with a stand-in ``scontrol``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, compose_cfg, make_imagefolder
 from fgssl.errors import FgsslError
 from fgssl.lifecycle import check_devices
+from test_resume import (
+    KILL_AT_BATCH,
+    KILLER,
+    _env,
+    _overrides,
+    _train,
+    assert_same_csv,
+    assert_same_end,
+    reference,  # noqa: F401 - the module-scoped reference run, as a fixture here
+)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -50,3 +62,33 @@ def test_results_of_a_folder_without_jobs_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"fgssl.results: no job directory (with .hydra/overrides.yaml or metrics.json) under {tmp_path}"]
+
+
+@pytest.mark.slow  # two training runs (~2 min on a shared 2-core CPU) plus the reference run
+def test_slurm_pre_timeout_signal_checkpoints_requeues_and_resumes(reference, tmp_path):  # noqa: F811
+    """SLURM's pre-timeout signal (``--signal=USR1@90``) mid-epoch: the step finishes, last.ckpt is written
+    at it, the job asks to be requeued (a stand-in ``scontrol`` on PATH records the call) and exits; the
+    same command (what the requeued job runs) then ends equal to an uninterrupted run."""
+    data, ref = reference("device")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    scontrol.chmod(0o755)
+    calls = tmp_path / "scontrol.calls"
+    run = tmp_path / "job"
+    env = _env(KILL_SIGNAL="SIGUSR1", PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+               SCONTROL_LOG=str(calls))
+    r = _train(_overrides(data, run), env, script=KILLER)
+    assert r.returncode == 128 + 10, r.stderr[-4000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[-1] == f"stopped by SIGUSR1 at step {KILL_AT_BATCH}; requeued SLURM job 4242; it resumes from " \
+                        "last.ckpt", lines[-5:]
+    assert calls.read_text() == "requeue 4242\n"
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == KILL_AT_BATCH
+
+    resumed = _train(_overrides(data, run), _env())
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert_same_end(ref, run)
+    assert_same_csv(ref, run)

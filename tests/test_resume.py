@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +43,13 @@ class Kill(pl.Callback):
         if trainer.fit_loop.total_batch_idx + 1 >= kill_at and not self.sent:
             self.sent = True
             print(f"sending {sig.name} at batch {kill_at}", flush=True)
-            # the whole process group, as `timeout`, SLURM and Ctrl-C do: DataLoader workers included
-            os.killpg(os.getpgid(0), sig) if os.environ.get("KILL_GROUP") else os.kill(os.getpid(), sig)
+            if os.environ.get("KILL_CHILDREN"):  # DDP: only the worker processes Lightning started (rank >= 1)
+                for proc in trainer.strategy.launcher.procs:
+                    proc.send_signal(sig)
+            elif os.environ.get("KILL_GROUP"):  # the process group, as `timeout`, SLURM and Ctrl-C do
+                os.killpg(os.getpgid(0), sig)
+            else:
+                os.kill(os.getpid(), sig)
 
 
 def build_trainer(*a, **k):
@@ -342,20 +348,23 @@ def _last(text: str) -> str:
 
 @pytest.mark.slow
 def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
-    """2 gloo processes; only rank 1 gets SIGTERM, during step 1: both ranks agree to stop after step 1
-    (rank 0 learns it through the per-step all-reduce), last.ckpt holds step 1, the main process prints
-    one line and exits 143, and the same command then finishes the run."""
+    """2 gloo processes, 6 steps; only rank 1 gets SIGTERM (from rank 0, after step 1): both ranks agree
+    on a stop step through the per-step all-reduce (rank 0 was never signalled), last.ckpt holds that
+    step, the main process prints one line and exits 143, and the same command then finishes the run."""
     data = make_imagefolder(tmp_path / "data", classes=3, per_class=11)
     run = tmp_path / "ddp"
     args = ["method=mocov2", "data=imagefolder", f"data.root={data}", "debug=smoke", "trainer=ddp",
             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "data.batch_size=8",
-            "trainer.enable_progress_bar=false", "eval.knn_every_n_epochs=0", f"hydra.run.dir={run}"]
-    r = _train(args, _env(KILL_SIGNAL="SIGTERM", KILL_AT_BATCH="1", KILL_RANK="1"), script=KILLER)
+            "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "eval.knn_every_n_epochs=0",
+            f"hydra.run.dir={run}"]
+    r = _train(args, _env(KILL_SIGNAL="SIGTERM", KILL_AT_BATCH="1", KILL_RANK="0", KILL_CHILDREN="1"),
+               script=KILLER)
     assert r.returncode == 143, r.stderr[-6000:]
-    assert _last(r.stderr) == "stopped by SIGTERM at step 1; rerun the same command to resume", r.stderr[-3000:]
+    m = re.fullmatch(r"stopped by SIGTERM at step (\d+); rerun the same command to resume", _last(r.stderr))
+    assert m and 1 <= int(m.group(1)) < 6, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     on_disk = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 1
+    assert on_disk["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == int(m.group(1))
     resumed = _train(args, _env())
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6

@@ -135,7 +135,9 @@ class GracefulStop:
     at any point of the step.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    #: SIGUSR1 / SIGUSR2: SLURM's pre-timeout signal (``#SBATCH --signal=USR1@90``; submitit uses USR2):
+    #: the same stop, then the job is requeued (:func:`requeue`)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
     current: Optional["GracefulStop"] = None
 
     def __init__(self):
@@ -287,6 +289,39 @@ def write_error_file(run_dir: Path, line: str, detail: Optional[str] = None) -> 
         pass  # a full disk: the line is still printed
 
 
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def requeue(stopped: Stopped, previous: Dict[int, Any]) -> Optional[str]:
+    """After a stop by SLURM's pre-timeout signal, with ``last.ckpt`` written at the stop step: requeue the
+    job, so that it runs the same command again and resumes there. Under submitit the handler it had
+    installed for the signal does it (``scontrol requeue`` and its own bookkeeping; it then exits);
+    otherwise ``scontrol requeue $SLURM_JOB_ID``, as Lightning's SLURM connector does. Returns what was
+    done (for the last line), or None when the job is not a SLURM job. Rank 0 only."""
+    if not is_launching_process():
+        return None
+    prev = previous.get(stopped.signum)
+    if callable(prev):  # submitit's checkpoint_and_try_requeue: requeues, then sys.exit
+        print(f"{stopped.line().split(';')[0]}; requeueing through submitit (the job resumes from last.ckpt)",
+              file=sys.stderr, flush=True)
+        prev(stopped.signum, None)
+        return "requeued by submitit"
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        return None
+    import subprocess
+
+    try:
+        rc = subprocess.call(["scontrol", "requeue", job], timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"scontrol requeue {job} failed ({type(e).__name__}: {e}); rerun the same command to resume"
+    if rc != 0:
+        return f"scontrol requeue {job} failed (exit code {rc}); rerun the same command to resume"
+    return f"requeued SLURM job {job}; it resumes from last.ckpt"
+
+
 def job_dir(cfg) -> Path:
     """The run directory, as :func:`fgssl.run.run_dir` finds it, without importing Lightning."""
     if cfg.out_dir:
@@ -316,18 +351,22 @@ def run_job(fn: Callable, cfg, preflight: Optional[Callable] = None):
     """
     multirun, fail_fast = _multirun_info()
     out = job_dir(cfg).resolve()
+    stop_handlers: Dict[int, Any] = {}
     try:
         if preflight is not None:
             preflight(cfg)
         out.mkdir(parents=True, exist_ok=True)
-        with run_lifecycle(out):
+        with run_lifecycle(out) as stop:
+            stop_handlers = stop._previous
             if is_launching_process():
                 with contextlib.suppress(OSError):
                     (out / ERROR_FILE).unlink()
             return fn(cfg)
     except Stopped as s:
+        requeued = requeue(s, stop_handlers) if s.signum in REQUEUE_SIGNALS else None
         if is_launching_process():
-            print(s.line(), file=sys.stderr, flush=True)
+            print(s.line() if requeued is None else s.line().split(";")[0] + f"; {requeued}", file=sys.stderr,
+                  flush=True)
         sys.stdout.flush()
         sys.exit(s.exit_code)
     except Exception as e:  # noqa: BLE001 - each kind is handled below or re-raised
