@@ -227,6 +227,24 @@ def test_device_loader_batches_are_seeded_and_shard_like_one_process(tmp_path):
     assert len(dm.val_dataloader()) == 2
 
 
+def test_cpu_workers_draw_the_same_views_as_the_main_process(tmp_path):
+    """CPU run with loader workers: each worker draws whole batches of views (overlapped with the step); they
+    are the views the main process draws, so resume and DDP stay exact with workers too."""
+    fx = make_imagefolder_set(tmp_path / "ds")
+    dm = _dm(fx, tmp_path, "data.batch_size=6", "data.image_size=24", "data.num_workers=2")
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.in_workers and loader.num_workers == 2
+    sampler = dp.ResumableSampler(len(dm.train_set), 6, dm.seed, 0, 1, 0)
+    ref = list(dp.DeviceTrainLoader(dm.train_pipe, sampler))
+    got = list(loader)
+    assert len(got) == len(ref) == 3
+    for ((a1, a2), ya), ((b1, b2), yb) in zip(got, ref):
+        torch.testing.assert_close(a1, b1, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a2, b2, rtol=0, atol=1e-6)
+        assert torch.equal(ya, yb)
+
+
 def test_decoded_cache_on_disk_is_keyed_by_files_and_side(tmp_path):
     fx = make_imagefolder_set(tmp_path / "ds")
     first = _dm(fx, tmp_path)

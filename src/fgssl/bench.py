@@ -543,6 +543,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-prime", action="store_true",
                    help="skip the untimed priming run that pays one-time library start-up before the first variant")
     p.add_argument("--no-real", action="store_true", help="skip the real-data step")
+    p.add_argument("--no-steps", action="store_true",
+                   help="skip the method/variant step table (e.g. to run only the pipeline and peer rows)")
     p.add_argument("--no-loader", action="store_true", help="skip the loader-alone measurement")
     p.add_argument("--loader-batches", type=int, default=None, help="timed loader batches (default 15 CPU, 50 CUDA)")
     p.add_argument("--loader-cache", default="off,on", help="data.cache settings for the loader: off,on / off / on")
@@ -703,7 +705,7 @@ def _run(a: argparse.Namespace, put: Callable[[Dict[str, Any]], None], records: 
     cfgs: Dict[Tuple[str, str], Any] = {}
     dead: set = set()
     variants = list(dict.fromkeys(a.variants))  # each once per round
-    for rnd in range(a.rounds):
+    for rnd in range(0 if a.no_steps else a.rounds):
         for method in a.methods:
             for variant in variants:
                 if (method, variant) in dead:

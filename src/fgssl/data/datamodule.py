@@ -251,10 +251,10 @@ class FGVRDataModule(pl.LightningDataModule):
         nw = self.cfg.num_workers
         if self.pipeline == "device":
             dev = self._place()
-            # on a CPU the parameters of a batch cost ~0.1 ms per image: workers would only compete for cores
-            nw = nw if dev.type == "cuda" else 0
-            return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done, num_workers=nw,
-                                             persistent_workers=nw > 0,
+            # GPU: workers draw the parameters, the views are drawn on the GPU; CPU: each worker draws whole
+            # batches of views (batched ops on the shared cache), overlapped with the step
+            return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done, in_workers=dev.type == "cpu",
+                                             num_workers=nw, persistent_workers=nw > 0,
                                              worker_init_fn=QuietWorkerInit(lightning_seed=True))
         self.say()
         return ResumableLoader(self.train_set, sampler, batches_done, num_workers=nw,

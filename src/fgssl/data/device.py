@@ -471,15 +471,37 @@ def _index_collate(batch):
     return torch.tensor([b for b in batch], dtype=torch.long)
 
 
+class _ViewsInWorker:
+    """collate_fn of a CPU run with loader workers: the worker draws the whole batch's views from the cache
+    (shared with the main process through fork), so they overlap with the training step."""
+
+    def __init__(self, pipe: DevicePipeline):
+        self.pipe = pipe
+
+    def __call__(self, items):
+        idx = torch.tensor([it[0] for it in items], dtype=torch.long)
+        params = torch.stack([it[1] for it in items])
+        return self.pipe.views(idx, params), torch.tensor([it[2] for it in items], dtype=torch.long)
+
+
 class DeviceTrainLoader(ResumableLoader):
     """The resumable, sharded loader of :mod:`fgssl.data.sampling` over view parameters; iterating it
-    yields ``((x1, x2), y)`` drawn on the device from the cache."""
+    yields ``((x1, x2), y)`` drawn from the cache. On a GPU (or without workers) the batch's parameters are
+    drawn in the loader and its views in the main process on the device; on a CPU run with workers
+    (``in_workers``) each worker draws whole batches of views, overlapped with the training step."""
 
-    def __init__(self, pipe: DevicePipeline, sampler: ResumableSampler, batches_done=None, **kw):
+    def __init__(self, pipe: DevicePipeline, sampler: ResumableSampler, batches_done=None,
+                 in_workers: bool = False, **kw):
         self.pipe = pipe
+        self.in_workers = bool(in_workers) and kw.get("num_workers", 0) > 0
+        if self.in_workers:
+            kw["collate_fn"] = _ViewsInWorker(pipe)
         super().__init__(ViewParamSet(pipe), sampler, batches_done, **kw)
 
     def __iter__(self):
+        if self.in_workers:
+            yield from super().__iter__()
+            return
         for idx, params, y in super().__iter__():
             yield self.pipe.views(idx, params), y
 
@@ -489,8 +511,8 @@ class DeviceTrainLoader(ResumableLoader):
 
         sampler = copy.copy(self.sampler)
         sampler.skip = 0
-        return DeviceTrainLoader(self.pipe, sampler, num_workers=self.num_workers,
-                                 generator=torch.Generator().manual_seed(0))
+        return DeviceTrainLoader(self.pipe, sampler, in_workers=self.in_workers, num_workers=self.num_workers,
+                                 worker_init_fn=self.worker_init_fn, generator=torch.Generator().manual_seed(0))
 
 
 class DeviceEvalLoader(DataLoader):
