@@ -141,7 +141,7 @@ def run_pipelines(a, conf, meter, put: Callable[[Dict[str, Any]], None]) -> None
     dms.clear()
 
 
-def compare_augment(dm, batch: int, device: str, reps: int = 5) -> Dict[str, Any]:
+def compare_augment(dm, batch: int, device: str, reps: int = 9) -> Dict[str, Any]:
     """fgssl's batched views vs kornia.augmentation's modules on the same cached batch (both views)."""
     import math
 
@@ -178,25 +178,27 @@ def compare_augment(dm, batch: int, device: str, reps: int = 5) -> Dict[str, Any
         x = pipe.gather(idx).float().div_(255.0)
         return kornia_views(x), kornia_views(x)
 
-    def rate(fn):
+    x = pipe.crops(idx)
+    turns = torch.linspace(-0.1, 0.1, batch, device=x.device)
+    fns = {"fgssl": ours, "fgssl_no_param_draw": ours_no_params, "kornia_augmentation": theirs,
+           "hue_own": lambda: hue_shift(x, turns),
+           "hue_kornia": lambda: kornia.enhance.adjust_hue(x, turns * (2 * math.pi))}
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
         fn()
-        _sync(device)
-        times = []
-        for _ in range(reps):
+    for _ in range(reps):  # interleaved, so a drifting load weighs on all alike
+        for name, fn in fns.items():
+            _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        return batch / statistics.median(times)
-
-    x = pipe.crops(idx)
-    turns = torch.linspace(-0.1, 0.1, batch, device=x.device)
-    hue_kornia = rate(lambda: kornia.enhance.adjust_hue(x, turns * (2 * math.pi)))
-    hue_own = rate(lambda: hue_shift(x, turns))
+            times[name].append(time.perf_counter() - t0)
+    rate = {name: batch / statistics.median(v) for name, v in times.items()}
+    hue_kornia, hue_own = rate["hue_kornia"], rate["hue_own"]
     return {"batch": batch, "image_size": size, "cache_side": pipe.side,
             "hue_kornia_images_per_s": hue_kornia, "hue_own_images_per_s": hue_own,
-            "fgssl_images_per_s": rate(ours), "fgssl_no_param_draw_images_per_s": rate(ours_no_params),
-            "kornia_augmentation_images_per_s": rate(theirs)}
+            "fgssl_images_per_s": rate["fgssl"], "fgssl_no_param_draw_images_per_s": rate["fgssl_no_param_draw"],
+            "kornia_augmentation_images_per_s": rate["kornia_augmentation"]}
 
 
 # ---------------------------------------------------------------------- peer (lightly)
