@@ -16,24 +16,7 @@ import yaml
 
 from conftest import ROOT, compose_cfg, load_base_state, run_training_step
 from fgssl.nets.bn_state import bn_buffers, bn_stats_kept
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-SMALL = ["method.queue_size=64", "data.image_size=32", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0"]
-
-
-def build(name: str, *extra: str, seed: int = 0):
-    from fgssl.methods import build_method
-
-    torch.manual_seed(seed)
-    return build_method(compose_cfg([f"method={name}", *SMALL, *extra])).train()
+from test_synthesis import SMALL, build, one_thread  # noqa: F401 - same tiny builder; one_thread is autouse
 
 
 def bn_state(method, skip_regularizers: bool = True) -> dict:
