@@ -14,6 +14,7 @@ the training loop goes wrong.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -188,6 +189,22 @@ class GracefulStop:
         self.uninstall()
 
 
+_KILL_AT_EXIT = False
+
+
+def _kill_daemonic_children() -> None:
+    """At exit, multiprocessing SIGTERMs its daemonic children (loader workers) and joins them. Our
+    workers ignore SIGTERM (:class:`QuietWorkerInit`), so a worker whose loader was never shut down
+    (an exception in the middle of an iteration keeps the iterator alive) would block that join
+    forever and the process would never exit. SIGKILL them first: what terminate() was meant to do."""
+    import multiprocessing
+
+    for p in multiprocessing.active_children():
+        if p.daemon:
+            p.kill()
+            p.join(timeout=10)
+
+
 class QuietWorkerInit:
     """A DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
 
@@ -204,6 +221,10 @@ class QuietWorkerInit:
 
     def __init__(self, lightning_seed: bool = False):
         self.lightning_seed = lightning_seed
+        global _KILL_AT_EXIT
+        if not _KILL_AT_EXIT:  # registered after multiprocessing's own exit hook, so it runs before it
+            atexit.register(_kill_daemonic_children)
+            _KILL_AT_EXIT = True
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -41,10 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import torch
+import kornia  # at import, not in a function: a first import inside a forked loader worker trips wandb's
+import torch  # import hook ("ForkedError: not valid in a forked process") and killed the main job's loader
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import roi_align
 
 from fgssl.data.images import record_bad, to_rgb
 from fgssl.data.sampling import ResumableLoader, ResumableSampler
@@ -264,7 +266,6 @@ def crop_resize(images: Tensor, boxes: Tensor, which: Tensor, size: int) -> Tens
     """Crop ``boxes`` (K, 4) from ``images[which]`` and resize each to size x size: one roi_align call
     (``aligned=True``: pixel centres at +0.5 as in torchvision's resize; adaptive sampling averages
     ``ceil(box/size)`` points per output pixel, i.e. an antialiased downscale). Returns float in [0, 1]."""
-    from torchvision.ops import roi_align
 
     x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
     rois = torch.cat([which.to(x.dtype).unsqueeze(1), boxes.to(x.dtype)], dim=1).to(x.device)
@@ -302,8 +303,6 @@ def augment(images: Tensor, sizes: Tensor, params: Tensor, size: int) -> Tensor:
     ``images`` (B, 3, S, S) uint8 on the device, ``sizes`` (B, 2) original (H, W) and ``params``
     (B, 2, NPARAM) on the CPU. Returns (2, B, 3, size, size) normalised float32.
     """
-    import kornia
-
     dev = images.device
     b = images.shape[0]
     p = params.transpose(0, 1).reshape(2 * b, NPARAM)  # view-major: rows 0..B-1 view 1, B..2B-1 view 2
