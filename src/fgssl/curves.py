@@ -11,13 +11,12 @@ top-1 and kNN top-1 against epochs. The floors found under the same directories
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fgssl.callbacks.curve import CURVE_FILE, read_curve
-from fgssl.results import FLOOR_FILES
+from fgssl.results import find_floors
 
 PANELS = (("test/retrieval_map", "retrieval mAP"), ("test/retrieval_rank1", "retrieval rank-1"),
           ("test/retrieval_rank5", "retrieval rank-5"), ("test/linear_top1", "linear top-1"),
@@ -34,9 +33,8 @@ def collect(dirs: Sequence[Path]) -> Tuple[Dict[str, List[dict]], Dict[str, Dict
             if points:
                 label = str(f.parent.relative_to(d)) if f.parent != d else d.name
                 curves[label if label != "." else d.name] = points
-        for name, label in FLOOR_FILES.items():
-            for f in sorted(d.rglob(name)):
-                floors.setdefault(label, json.loads(f.read_text()))
+        for g in find_floors(d):  # the floor reader of fgssl.results: first file of each floor
+            floors.setdefault(g.key[0], g.jobs[0].metrics)
     return curves, floors
 
 
