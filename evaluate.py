@@ -8,11 +8,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fgssl.config import register_configs
 from fgssl.errors import run_or_exit
+from fgssl.plugins import setup
 from fgssl.preflight import preflight, prepare_argv
 
-register_configs()
+setup()  # the methods, regularizers and plug-ins register their config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

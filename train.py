@@ -5,10 +5,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fgssl.config import register_configs
+from fgssl.plugins import setup
 from fgssl.preflight import preflight, prepare_argv
 
-register_configs()
+setup()  # the methods, regularizers and plug-ins register their config
 
 
 def _train(cfg: DictConfig):

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from fgssl.config import register_configs
+from fgssl.plugins import setup as register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -159,3 +159,8 @@ def leaves_nothing_in_the_repo():
     yield
     new = sorted(repo_entries() - before)
     assert not new, f"the test run left these in the repo {ROOT}: {new[:20]}"
+
+
+def queue(method: str, k: int = 64) -> List[str]:
+    """``method.queue_size=k`` for MoCo v2 (method configs are per method: SimSiam has no queue)."""
+    return [f"method.queue_size={k}"] if method == "mocov2" else []

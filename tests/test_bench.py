@@ -86,7 +86,8 @@ def test_missing_variant_is_skipped_not_fatal(monkeypatch, tmp_path: Path):
 
 
 def test_missing_module_counts_as_not_available():
-    e = ModuleNotFoundError("No module named 'fgssl.fgvr.synthesis'", name="fgssl.fgvr.synthesis")
+    name = "fgssl.regularizers.syn.regularizer"
+    e = ModuleNotFoundError(f"No module named '{name}'", name=name)
     assert bench._is_missing_component(e)
     assert not bench._is_missing_component(ModuleNotFoundError("x", name="numpy"))
 

@@ -57,7 +57,7 @@ def test_syn_pair_leaves_bn_stats_as_the_real_views_left_them(name, symmetric):
     syn = build(name, *extra, "synthesis=syn", "synthesis.nu=1.0")
     load_base_state(base, syn)
     reg = syn.regularizers[0]
-    reg.nu_now = 1.0
+    reg.cfg.warmup_epochs, reg.cfg.ramp_epochs, reg.cfg.nu = 0, 0, 1.0
     x1, x2 = _batch()
     run_training_step(base, x1, x2)
     run_training_step(syn, x1, x2)
@@ -112,9 +112,9 @@ def test_bn_stats_kept_restores_every_buffer():
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_extra_passes_leave_every_buffer(name):
     """Warm start, SYN figures, LCR figures and localisation Grad-CAM leave every BN buffer unchanged."""
-    from fgssl.callbacks.rationale import compute_maps
-    from fgssl.callbacks.synthesis import SynthesisCallback
     from fgssl.eval.localisation import lcr_attention, ssl_gradcam
+    from fgssl.regularizers.lcr.callback import compute_maps
+    from fgssl.regularizers.syn.callback import SynthesisCallback
 
     m = build(name, "synthesis=syn", "rationale=lcr")
     syn, lcr = m.regularizers
@@ -184,10 +184,10 @@ def test_lcr_refuses_to_fit_a_flat_target():
                                          (["method.symmetric=true"], "one-directional")])
 def test_lcr_faithful_refuses_other_settings(extra, match):
     from fgssl.errors import FgsslError
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
-    cfg = compose_cfg(["method.queue_size=64", "data.image_size=32", "rationale=lcr", "rationale.mode=faithful",
-                       *extra])
+    queue = [] if "method=simsiam" in extra else ["method.queue_size=64"]  # SimSiam has no queue
+    cfg = compose_cfg([*queue, "data.image_size=32", "rationale=lcr", "rationale.mode=faithful", *extra])
     with pytest.raises(FgsslError, match=match):
         build_method(cfg)
 
@@ -195,7 +195,7 @@ def test_lcr_faithful_refuses_other_settings(extra, match):
 def test_lcr_faithful_uses_the_code_queue_size():
     from omegaconf import open_dict
 
-    from fgssl.run import resolve_queue
+    from fgssl.factory import resolve_derived as resolve_queue
 
     for extra, want in (([], 65536), (["method.queue_size=512"], 512)):
         cfg = compose_cfg(["rationale=lcr", "rationale.mode=faithful", *extra])
@@ -210,7 +210,7 @@ def test_lcr_faithful_uses_the_code_queue_size():
 
 # ---------------------------------------------------------------------- defect 4: gauss uses the mean sigma
 def test_gauss_perturbation_uses_the_mean_sigma():
-    from fgssl.fgvr.synthesis import perturb
+    from fgssl.regularizers.syn.regularizer import perturb
 
     big = torch.full((20000, 2), 10.0)
     var = torch.tensor([0.25, 4.0])  # sigma_j = 0.5, 2.0 -> sigma-bar = 1.25
@@ -224,7 +224,7 @@ def test_gauss_perturbation_uses_the_mean_sigma():
 
 # ---------------------------------------------------------------------- also: how far the perturbation moves z
 def test_latent_shift_is_logged_every_step():
-    from fgssl.fgvr.synthesis import latent_shift
+    from fgssl.regularizers.syn.regularizer import latent_shift
 
     z = torch.tensor([[3.0, 4.0, 1.0], [0.0, 0.0, 1.0]])
     mask = torch.tensor([[True, True, False], [False, False, False]])
@@ -235,7 +235,7 @@ def test_latent_shift_is_logged_every_step():
     m = build("mocov2", "synthesis=syn", "synthesis.perturbation=zero")
     reg = m.regularizers[0]
     for nu in (0.0, 1.0):
-        reg.nu_now = nu
+        reg.cfg.warmup_epochs, reg.cfg.ramp_epochs, reg.cfg.nu = 0, 0, nu
         run_training_step(m, *_batch())
         assert float(reg.last_logs["syn_shift"]) == pytest.approx(1.0)  # zeroing moves every selected dim by |z|
 

@@ -11,7 +11,8 @@ from conftest import compose_cfg
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.transforms import denormalize, eval_transform
 from fgssl.errors import FgsslError
-from fgssl.run import build_method, resolve_queue
+from fgssl.factory import build_model as build_method
+from fgssl.factory import resolve_derived as resolve_queue
 from fixtures import make_dataset, one_torch_thread
 
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import compose_cfg
+from conftest import compose_cfg, queue
 from fgssl.errors import FgsslError
-from fgssl.methods import build_method
-from fgssl.methods.base import warmup_cosine
+from fgssl.factory import build_model as build_method
 from fgssl.methods.mocov2 import default_queue_size
+from fgssl.methods.optim import warmup_cosine
 from fgssl.methods.simsiam import collapse_indicator
 from fgssl.nets.backbones import build_backbone
 from fixtures import one_torch_thread
@@ -73,7 +73,7 @@ def test_real_step_enqueues_its_keys_and_ssl_loss_does_not():
     # the real step enqueues the key of view 2 (momentum encoder)
     _, z1 = m.encode(x1)
     _, z2 = m.encode(x2)
-    out = m._fp32(m.ssl_forward, x1, x2, z1, z2)
+    out = m.fp32(m.ssl_forward, x1, x2, z1, z2)
     assert torch.equal(m.queue, q0), "the objective itself never writes the queue"
     m.on_real_step(out)
     assert int(m.queue_ptr) == 4
@@ -90,7 +90,7 @@ def test_moco_loss_by_hand():
         x1, x2 = _images(3, 3), _images(3, 4)
         _, z1 = m.encode(x1)
         _, z2 = m.encode(x2)
-        out = m._fp32(m.ssl_forward, x1, x2, z1, z2)
+        out = m.fp32(m.ssl_forward, x1, x2, z1, z2)
         with torch.no_grad():
             q1 = F.normalize(m.projector(z1), dim=1).tolist()
             q2 = F.normalize(m.projector(z2), dim=1).tolist()
@@ -148,9 +148,11 @@ def _attach_stub_trainer(method, total=20, epochs=4):
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_param_groups_cover_every_trainable_param_once(name):
     torch.manual_seed(0)
-    cfg = compose_cfg([f"method={name}", "method.queue_size=8"])
+    cfg = compose_cfg([f"method={name}", *queue(name, 8)])
     m = build_method(cfg)
-    groups = m._all_param_groups()
+    from fgssl.methods.optim import all_param_groups
+
+    groups = all_param_groups(m)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in m.parameters() if p.requires_grad}
@@ -237,7 +239,7 @@ def test_simsiam_logs_collapse_indicator():
     x1, x2 = _images(8, 5), _images(8, 6)
     _, z1 = m.encode(x1)
     _, z2 = m.encode(x2)
-    out = m._fp32(m.ssl_forward, x1, x2, z1, z2)
+    out = m.fp32(m.ssl_forward, x1, x2, z1, z2)
     assert set(out.logs) == {"collapse_std"}
     c = out.logs["collapse_std"].item()
     assert 0.0 < c <= 1 / math.sqrt(64) * 1.5
@@ -271,7 +273,7 @@ def r18_state(tmp_path_factory):
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_backbone_weights_load_local_state_dict(name, r18_state, no_download):
     path, sd = r18_state
-    cfg = compose_cfg([f"method={name}", "method.queue_size=8", f"backbone.weights={path}"])
+    cfg = compose_cfg([f"method={name}", *queue(name, 8), f"backbone.weights={path}"])
     m = build_method(cfg)
     own = m.backbone.state_dict()
     assert set(own) == set(sd) - {"fc.weight", "fc.bias"}

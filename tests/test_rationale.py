@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import assert_same_step, compose_cfg, load_base_state, make_imagefolder, run_training_step
-from fgssl.fgvr.gradcam import gradcam_map
-from fgssl.fgvr.rationale import RationaleRegularizer, attention_pool, rationale_target
+from conftest import assert_same_step, compose_cfg, load_base_state, make_imagefolder, queue, run_training_step
 from fgssl.losses.rationale_fit import minmax_per_image
 from fgssl.methods.base import StepState
+from fgssl.nets.gradcam import gradcam_map
+from fgssl.regularizers.lcr.regularizer import RationaleRegularizer, attention_pool, rationale_target
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fgssl"
 HAS_SYN = (SRC / "fgvr" / "synthesis.py").exists()
@@ -25,7 +25,7 @@ HAS_SYN = (SRC / "fgvr" / "synthesis.py").exists()
 
 def lcr_cfg(**kw):
     base = dict(name="lcr", weight=0.01, projections=5, mode="faithful", temperature=0.4, views="auto",
-                log_images_every_n_epochs=0, log_images_num=4)
+                log_images_every_n_epochs=0, log_images_n=4)
     base.update(kw)
     return OmegaConf.create(base)
 
@@ -162,14 +162,14 @@ def test_target_is_standard_gradcam_tiny_net():
 def test_target_from_the_base_step_is_standard_gradcam():
     cfg = compose_cfg(["method=simsiam", "rationale=lcr", "data.image_size=64", "method.proj_dim=512",
                        "method.proj_hidden=512", "method.pred_hidden=128"])
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
     torch.manual_seed(0)
     m = build_method(cfg).train()
     x1, x2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
     a1, z1 = m.encode(x1)
     a2, z2 = m.encode(x2)
-    loss = m._fp32(m.ssl_forward, x1, x2, z1, z2).loss
+    loss = m.fp32(m.ssl_forward, x1, x2, z1, z2).loss
     g1, _ = m.gradcam_grads(loss, (a1, a2))
     (gz,) = torch.autograd.grad(loss, z1)
     alpha = gz / (a1.shape[2] * a1.shape[3])  # dL/dz spread over the positions = mean_hw dL/dA
@@ -193,9 +193,9 @@ _one_step = run_training_step
 
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_weight_zero_equals_base(name):
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
-    common = [f"method={name}", "method.queue_size=64", "data.image_size=64"]
+    common = [f"method={name}", *queue(name, 64), "data.image_size=64"]
     if name == "simsiam":  # smaller heads: the equivalence does not depend on their width
         common += ["method.proj_dim=512", "method.proj_hidden=512", "method.pred_hidden=128"]
     torch.manual_seed(0)
@@ -224,7 +224,7 @@ def _train(tiny_ds, out: Path, *extra):
 
     cfg = compose_cfg(["debug=smoke", "data=imagefolder", f"data.root={tiny_ds}", "data.image_size=64",
                        "data.batch_size=8", "eval.linear_wd_grid=[0.0]", "eval.linear_max_iter=10",
-                       "rationale=lcr", "rationale.log_images_every_n_epochs=1", "rationale.log_images_num=3",
+                       "rationale=lcr", "rationale.log_images_every_n_epochs=1", "rationale.log_images_n=3",
                        "trainer.enable_progress_bar=false", *extra], out)
     metrics = train(cfg)
     assert (out / "metrics.json").exists()
@@ -254,7 +254,7 @@ def test_smoke_mocov2_lcr_faithful(tiny_ds, tmp_path):
            "eval.knn_every_n_epochs=0")
 
 
-@pytest.mark.skipif(not HAS_SYN, reason="fgssl.fgvr.synthesis (SYN) is not in the tree yet")
+@pytest.mark.skipif(not HAS_SYN, reason="fgssl.regularizers.syn.regularizer (SYN) is not in the tree yet")
 @pytest.mark.parametrize("name", ["mocov2", "simsiam"])
 def test_smoke_syn_and_lcr(tiny_ds, tmp_path, name):
     _train(tiny_ds, tmp_path / "run", f"method={name}", "synthesis=syn", "eval.knn_every_n_epochs=0")
@@ -263,7 +263,7 @@ def test_smoke_syn_and_lcr(tiny_ds, tmp_path, name):
 def test_eval_feature_gap_differs_from_auto(mocov2_lcr_run, tmp_path):
     from fgssl.data.datamodule import FGVRDataModule
     from fgssl.eval.features import extract_features
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
     from fgssl.run import evaluate, load_checkpoint_weights, load_run_config
 
     ckpt = mocov2_lcr_run / "checkpoints" / "last.ckpt"

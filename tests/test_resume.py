@@ -300,7 +300,7 @@ def test_unreadable_checkpoint_gives_one_clear_error(damage, tmp_path, capsys, _
 
 
 def test_speed_knobs_are_config_switches():
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
     cfg = compose_cfg(["method=mocov2", "method.queue_size=64", "trainer.compile=true", "trainer.channels_last=true"])
     m = fgssl.run.apply_speed_knobs(build_method(cfg), cfg, 1)

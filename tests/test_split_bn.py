@@ -47,7 +47,7 @@ def test_convert_keeps_weights_and_state_dict_keys():
 
 
 def _moco(*extra):
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
     cfg = compose_cfg(["debug=smoke", "method.queue_size=64", *extra])
     return build_method(cfg)

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_same_step, compose_cfg, load_base_state, make_imagefolder, run_training_step
-from fgssl.fgvr.gradcam import channel_importance
-from fgssl.fgvr.synthesis import (
+from conftest import assert_same_step, compose_cfg, load_base_state, make_imagefolder, queue, run_training_step
+from fgssl.methods.base import StepState
+from fgssl.nets.decoder import Decoder
+from fgssl.nets.gradcam import channel_importance
+from fgssl.regularizers.syn.regularizer import (
     CAM_CRITERIA,
     CRITERIA,
     DimensionStats,
@@ -24,8 +26,6 @@ from fgssl.fgvr.synthesis import (
     select_dims,
     spearman_rows,
 )
-from fgssl.methods.base import StepState
-from fgssl.nets.decoder import Decoder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,18 +37,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-SMALL = ["method.queue_size=64", "data.image_size=32", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0"]
+SMALL = ["data.image_size=32", "synthesis.warmup_epochs=0", "synthesis.ramp_epochs=0"]
 
 
 def build(name: str, *extra: str, seed: int = 0):
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model as build_method
 
     torch.manual_seed(seed)
-    return build_method(compose_cfg([f"method={name}", *SMALL, *extra])).train()
+    return build_method(compose_cfg([f"method={name}", *queue(name, 64), *SMALL, *extra])).train()
 
 
 def syn_reg(method):
-    from fgssl.fgvr.synthesis import SynthesisRegularizer
+    from fgssl.regularizers.syn.regularizer import SynthesisRegularizer
 
     return next(r for r in method.regularizers if isinstance(r, SynthesisRegularizer))
 
@@ -57,7 +57,7 @@ def step_state(method, x1, x2, with_grad: bool = True) -> StepState:
     """What the base training_step hands to a regularizer."""
     a1, z1 = method.encode(x1)
     a2, z2 = method.encode(x2)
-    loss = method._fp32(method.ssl_forward, x1, x2, z1, z2).loss
+    loss = method.fp32(method.ssl_forward, x1, x2, z1, z2).loss
     grads = method.gradcam_grads(loss, (a1, a2)) if with_grad else None
     return StepState((x1, x2), (a1, a2), (z1, z2), loss, grads, 0, 0)
 
@@ -78,7 +78,7 @@ def test_zero_weights_equal_base_method(name):
     # control: with non-zero weights both the loss and the encoder gradients change
     syn.load_state_dict(state, strict=False)
     reg = syn_reg(syn)
-    reg.cfg.alpha, reg.nu_now = 0.5, 1.0
+    reg.cfg.alpha, reg.cfg.warmup_epochs, reg.cfg.ramp_epochs, reg.cfg.nu = 0.5, 0, 0, 1.0
     l2, g2 = one_step(syn, x1, x2)
     assert not torch.equal(l2, l0) and any(not torch.equal(g0[k], g2[k]) for k in g0)
 
@@ -262,7 +262,7 @@ def test_nu_schedule():
 def test_decoder_gets_no_gradient_from_L_Cp():
     m = build("mocov2", "synthesis=syn")
     reg = syn_reg(m)
-    reg.nu_now = 1.0
+    reg.cfg.warmup_epochs, reg.cfg.ramp_epochs, reg.cfg.nu = 0, 0, 1.0
     torch.manual_seed(0)
     x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     terms = reg.loss_terms(m, step_state(m, x1, x2))
@@ -318,7 +318,7 @@ def test_pair_is_built_as_configured(pair, pair_size):
 
 
 def test_warm_start_sets_exact_moments_and_keeps_bn():
-    from fgssl.callbacks.synthesis import SynthesisCallback
+    from fgssl.regularizers.syn.callback import SynthesisCallback
 
     m = build("mocov2", "synthesis=syn")
     reg = syn_reg(m)

@@ -102,7 +102,7 @@ def compose(overrides: Sequence[str], conf: Path):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from fgssl.config import register_configs
+    from fgssl.plugins import setup as register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -318,11 +318,11 @@ def _time_training(cfg, loader, steps: int, warmup: int, device: str, meter: Mem
     import pytorch_lightning as pl
     import torch
 
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model
 
     pl.seed_everything(int(cfg.seed), verbose=False)
     base_mem = meter.current()
-    method = build_method(cfg)
+    method = build_model(cfg)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
     from fgssl.nets.backbones import compile_backbones
@@ -612,10 +612,10 @@ def _num_train(cfg) -> Optional[int]:
 def _resolve_queue(cfg, num_train: Optional[int]) -> None:
     from omegaconf import open_dict
 
-    from fgssl.run import resolve_queue
+    from fgssl.factory import resolve_derived
 
     with open_dict(cfg):
-        resolve_queue(cfg, num_train or 4096, 1)
+        resolve_derived(cfg, num_train or 4096, 1)
 
 
 def _error_reason(e: BaseException) -> str:

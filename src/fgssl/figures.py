@@ -42,9 +42,9 @@ from fgssl.fsio import save_figure  # noqa: E402
 # ---------------------------------------------------------------------- loading
 def load_model(ckpt: str, num_workers: int = 0):
     """(method, datamodule, run config) for a train.py checkpoint (strict, weights_only)."""
-    from fgssl.methods import build_method
+    from fgssl.factory import build_model
     from fgssl.preflight import check_checkpoint_file
-    from fgssl.run import load_checkpoint_weights, load_run_config, resolve_queue
+    from fgssl.run import load_checkpoint_weights, load_run_config
 
     path = check_checkpoint_file("ckpt", ckpt).resolve()
     cfg = load_run_config(path)
@@ -52,19 +52,15 @@ def load_model(ckpt: str, num_workers: int = 0):
     cfg.data.cache = False
     dm = FGVRDataModule(cfg.data, cfg.eval, None)
     dm.setup()
-    resolve_queue(cfg, dm.num_train, 1)
-    method = build_method(cfg)
+    method = build_model(cfg, dm.num_train, 1)
     load_checkpoint_weights(method, path)
     return method.eval(), dm, cfg
 
 
 def label_of(cfg: DictConfig) -> str:
-    parts = [cfg.method.name]
-    if cfg.synthesis.name != "none":
-        parts.append("SYN")
-    if cfg.rationale.name != "none":
-        parts.append("LCR")
-    return "+".join(parts)
+    from fgssl.factory import labels
+
+    return "+".join([str(cfg.method.name), *labels(cfg)])
 
 
 def fixed_batch(dm: FGVRDataModule, n: int) -> torch.Tensor:

@@ -18,7 +18,9 @@ from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from fgssl.config import Config
+from fgssl.config.registry import group_names, method_schema, root_schema
+from fgssl.config.validate import check_override, validate
+from fgssl.data.checks import check_batch_size  # noqa: F401 - re-exported: preflight's check
 from fgssl.errors import ConfigError, FgsslError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -27,43 +29,84 @@ FLOORS = ("random", "colorhist")
 
 
 # ---------------------------------------------------------------------- keys
-def _schema_node(path: Sequence[str]) -> Optional[Any]:
-    """The dataclass type at ``path`` in the schema, ``Any`` for a leaf, None if the path is unknown."""
-    node: Any = Config
-    for part in path:
+def _schema_node(path: Sequence[str], method: Optional[str] = "mocov2") -> Optional[Any]:
+    """The dataclass type at ``path`` in the schema (``method`` typed as that method's dataclass), ``Any``
+    for a leaf, None if the path is unknown."""
+    node: Any = root_schema()
+    for i, part in enumerate(path):
         if not dataclasses.is_dataclass(node):
             # a leaf (or a free-form value such as trainer.devices or a list): nothing below it is checked
             return Any
         fields = {f.name: f for f in dataclasses.fields(node)}
         if part not in fields:
             return None
-        hints = typing.get_type_hints(node)
-        node = hints[part]
+        node = method_schema(method) if (i == 0 and part == "method") else typing.get_type_hints(node)[part]
     return node
 
 
-def _known_below(path: Sequence[str]) -> List[str]:
-    node = _schema_node(path)
+def _known_below(path: Sequence[str], method: Optional[str] = "mocov2") -> List[str]:
+    node = _schema_node(path, method)
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
-def unknown_key_error(key: str) -> ConfigError:
+def unknown_key_error(key: str, method: Optional[str] = "mocov2") -> ConfigError:
     """The one error for a key the schema does not know (``data.rot``, ``+data.rot``, ``method.temprature``)."""
     parts = key.split(".")
     i = 0
-    while i < len(parts) and _schema_node(parts[: i + 1]) is not None:
+    while i < len(parts) and _schema_node(parts[: i + 1], method) is not None:
         i += 1
     parent = ".".join(parts[:i])
-    known = _known_below(parts[:i])
+    known = _known_below(parts[:i], method)
     close = difflib.get_close_matches(parts[i], known, n=1, cutoff=0.6) if i < len(parts) else []
     hint = f"did you mean {'.'.join([*parts[:i], close[0]])}? " if close else ""
     where = f"'{parent}'" if parent else "the top level"
+    if parent == "method" and method:
+        where = f"'method' ({method})"
     return ConfigError(f"unknown config key {key}: {where} has no key '{parts[i]}'; {hint}"
                        f"`python train.py --cfg job` prints every key")
 
 
 def _is_group(key: str) -> bool:
-    return (CONF_DIR / key.replace(".", "/")).is_dir()
+    return key in group_names() or (CONF_DIR / key.replace(".", "/")).is_dir()
+
+
+def group_options(group: str) -> List[str]:
+    """The options of config group ``group``: its YAML files under ``conf/``, or a plug-in's ``none``/option."""
+    from fgssl.config import REGULARIZERS
+
+    if group in REGULARIZERS:
+        return sorted({"none", REGULARIZERS[group].option})
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_option(group: str, o: Any) -> None:
+    """``group=option`` names an existing option (Hydra's own message spans many lines)."""
+    options = group_options(group)
+    for v in _values(o):
+        if v is not None and isinstance(v, str) and v not in options:
+            raise ConfigError(f"{group}={v}: no such option; choose one of: {', '.join(options)}")
+
+
+def _values(o: Any) -> List[Any]:
+    """The plain value(s) of a parsed override (each choice of a ``-m`` sweep); [] for anything else."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    v = o.value()
+    if isinstance(v, ChoiceSweep):
+        return list(v.list)
+    if o.is_sweep_override():
+        return []
+    return [v]
+
+
+def _check_value(key: str, o: Any, method: Optional[str]) -> None:
+    parts = key.split(".")
+    parent = _schema_node(parts[:-1], method)
+    if not dataclasses.is_dataclass(parent) or dataclasses.is_dataclass(_schema_node(parts, method)):
+        return
+    for v in _values(o):
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            check_override(key, v, parent, parts[-1])
 
 
 def check_cli_keys(argv: Sequence[str]) -> None:
@@ -81,26 +124,33 @@ def check_cli_keys(argv: Sequence[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # noqa: BLE001 - malformed input: Hydra's own parser reports it
         return
+    method = next((str(o.value()) for o in overrides if o.key_or_group == "method" and not o.is_sweep_override()),
+                  "mocov2")
     for o in overrides:
         key = o.key_or_group
+        if key in group_names() and not o.package and not o.is_delete():
+            _check_option(key, o)
         if key.startswith("hydra") or o.is_delete() or _is_group(key) or o.package:
             continue
-        if _schema_node(key.split(".")) is None:
-            raise unknown_key_error(key)
+        if _schema_node(key.split("."), method) is None:
+            raise unknown_key_error(key, method)
+        _check_value(key, o, method)
 
 
-def check_known_keys(cfg: DictConfig, path: Sequence[str] = ()) -> None:
+def check_known_keys(cfg: DictConfig, path: Sequence[str] = (), method: Optional[str] = None) -> None:
     """Every key of the composed ``cfg`` is in the schema (``+key=...`` cannot add one)."""
-    node = _schema_node(path)
+    if method is None and not path:
+        method = str(cfg.method.name) if "method" in cfg and "name" in cfg.method else None
+    node = _schema_node(path, method)
     if not dataclasses.is_dataclass(node):
         return
     for key in cfg.keys():
         sub = [*path, str(key)]
-        if _schema_node(sub) is None:
-            raise unknown_key_error(".".join(sub))
+        if _schema_node(sub, method) is None:
+            raise unknown_key_error(".".join(sub), method)
         value = cfg._get_node(key)
         if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
-            check_known_keys(value, sub)
+            check_known_keys(value, sub, method)
 
 
 # ---------------------------------------------------------------------- paths, sizes, devices
@@ -133,15 +183,6 @@ def check_data(cfg: DictConfig) -> int:
     return n
 
 
-def check_batch_size(data: DictConfig, num_train: int, world_size: int) -> None:
-    if data.batch_size * world_size > num_train:
-        raise FgsslError(
-            f"data.batch_size={data.batch_size} (x {world_size} processes) is larger than the "
-            f"{num_train} training images of data={data.name}; lower data.batch_size")
-    if data.batch_size < 2:
-        raise FgsslError(f"data.batch_size={data.batch_size}: BatchNorm needs at least 2 images per batch")
-
-
 def check_device(cfg: DictConfig) -> None:
     """No GPU, or fewer than ``trainer.devices``: one line naming the key and ``trainer=cpu``."""
     from fgssl.lifecycle import check_devices
@@ -152,6 +193,7 @@ def check_device(cfg: DictConfig) -> None:
 def preflight(cfg: DictConfig, entry: str) -> None:
     """All cheap checks for ``entry`` (``train``, ``evaluate`` or ``figures``) on the composed config."""
     check_known_keys(cfg)
+    validate(cfg)  # every value against its choices and range (fgssl.config.validate)
     if entry == "train":
         check_device(cfg)  # first: a missing device is found before anything is read
         _need_file("backbone.weights", cfg.backbone.weights)

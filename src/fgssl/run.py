@@ -12,16 +12,19 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgssl.callbacks.checkpoint import LastCheckpoint
+from fgssl.callbacks.collapse import CollapseGuard
 from fgssl.callbacks.curve import LearningCurve
-from fgssl.callbacks.guards import CollapseGuard, LastCheckpoint, RngState, train_steps
+from fgssl.callbacks.knn import KnnMonitor
+from fgssl.callbacks.rng import RngState
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
+from fgssl.factory import build_model
 from fgssl.fsio import checkpoint_io
 from fgssl.lifecycle import GracefulStop
-from fgssl.methods import build_method
-from fgssl.methods.mocov2 import default_queue_size
+from fgssl.methods.progress import train_steps
 from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
 from fgssl.preflight import FLOORS  # ckpt=random / colorhist: the non-learned baselines
@@ -136,9 +139,7 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     t, e = cfg.trainer, cfg.eval
     every = e.knn_every_n_epochs
     sync_bn = bool(t.sync_batchnorm) and not cpu_run(cfg)  # CPU: GlobalBatchNorm, see train()
-    keep = int(t.keep_every_n_epochs)
-    if keep < 0:
-        raise FgsslError(f"trainer.keep_every_n_epochs={keep} must be >= 0 (0 = keep only last.ckpt)")
+    keep = int(t.keep_every_n_epochs)  # >= 0: checked when the config is composed (fgssl.config.validate)
     # last.ckpt: every epoch end and every ckpt_every_n_steps steps (a kill costs at most that many)
     last = LastCheckpoint(str(out / "checkpoints"), int(t.ckpt_every_n_steps))
     ckpts: List[pl.Callback] = [last, *stop_callbacks(last)]  # SIGTERM / SIGINT: see fgssl.lifecycle
@@ -152,16 +153,14 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         precision=t.precision, max_epochs=t.max_epochs, sync_batchnorm=sync_bn,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, default_root_dir=str(out), logger=logger,
-        callbacks=[*ckpts, RngState(), CollapseGuard(t.collapse_threshold, t.collapse_patience), *callbacks],
+        callbacks=[*ckpts, RngState(), CollapseGuard(t.collapse_threshold, t.collapse_patience),
+                   *([KnnMonitor(e.knn_k, e.knn_t)] if every > 0 else []), *callbacks],
         num_sanity_val_steps=0, use_distributed_sampler=False,  # the datamodule shards (data/sampling.py)
         plugins=[checkpoint_io()],  # atomic checkpoint writes; a full disk is one clear error (fgssl.fsio)
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:
-        limit = float(t.limit_train_batches)
-        if limit <= 0:
-            raise FgsslError(f"trainer.limit_train_batches={t.limit_train_batches} must be > 0 "
-                             "(a number of batches >= 1, or a fraction of the epoch < 1)")
+        limit = float(t.limit_train_batches)  # > 0: checked when the config is composed
         # the schema stores a float; Lightning would read 1.0 as "100 %", we read it as "one batch"
         kw["limit_train_batches"] = int(limit) if limit >= 1 and limit.is_integer() else limit
     return pl.Trainer(**kw)
@@ -193,14 +192,6 @@ def apply_speed_knobs(method, cfg: DictConfig, world_size: int):
     return method
 
 
-def resolve_queue(cfg: DictConfig, num_train: int, world: int) -> None:
-    if cfg.method.name == "mocov2" and not cfg.method.queue_size:
-        if cfg.rationale.name == "lcr" and cfg.rationale.mode == "faithful":
-            cfg.method.queue_size = 65536  # the LCR code's K (docs/method.md)
-        else:
-            cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world)
-
-
 def save_config(cfg: DictConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
@@ -224,12 +215,12 @@ def load_run_config(ckpt: Path) -> DictConfig:
     old behaviour), so older checkpoints stay loadable; a key the schema does not know is one error."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from fgssl.config import Config
+    from fgssl.config.registry import fit_saved
 
     for cand in (ckpt.parent / CONFIG_NAME, ckpt.parent.parent / "checkpoints" / CONFIG_NAME):
         if cand.exists():
             try:
-                return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cand))
+                return fit_saved(OmegaConf.load(cand))
             except OmegaConfBaseException as e:
                 raise FgsslError(f"{cand} does not fit this version of fgssl's config: "
                                  f"{str(e).splitlines()[0]}") from None
@@ -321,13 +312,10 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     trainer = build_trainer(cfg, out, logger, [])
     dm = FGVRDataModule(cfg.data, cfg.eval, str(out), trainer.world_size, cfg.seed)
     dm.setup()
-    resolve_queue(cfg, dm.num_train, trainer.world_size)
-    method = build_method(cfg)
+    method = build_model(cfg, dm.num_train, trainer.world_size)
     method = apply_speed_knobs(method, cfg, trainer.world_size)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
-    if cfg.eval.every_n_epochs < 0:
-        raise FgsslError(f"eval.every_n_epochs={cfg.eval.every_n_epochs} must be >= 0 (0 = no learning curve)")
     if cfg.eval.every_n_epochs > 0:  # the learning curve: curve.json, see callbacks/curve.py
         device = device_of(cfg)
         trainer.callbacks.append(LearningCurve(out, cfg.eval.every_n_epochs, resuming=resuming, evaluate=lambda m: (
@@ -418,14 +406,13 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
     dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
     dm.setup()
-    resolve_queue(run_cfg, dm.num_train, 1)
     if cfg.ckpt == "colorhist":
         from fgssl.eval.colorhist import ColorHistogram
 
         method = ColorHistogram(int(cfg.eval.colorhist_bins))
         run_cfg.eval.localisation = False  # no network: no Grad-CAM map to localise with
     else:
-        method = build_method(run_cfg)
+        method = build_model(run_cfg, dm.num_train, 1)
     if ckpt is not None:
         load_checkpoint_weights(method, ckpt)
     metrics = run_evaluation(method, dm, run_cfg, device_of(run_cfg), progress=cfg.trainer.enable_progress_bar)

@@ -24,8 +24,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from fgssl.callbacks.guards import train_steps
 from fgssl.fsio import atomic_write_text
+from fgssl.methods.progress import train_steps
 
 CURVE_FILE = "curve.json"
 

@@ -7,8 +7,9 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
-from fgssl.callbacks.guards import LastCheckpoint, max_over_ranks, train_steps
+from fgssl.callbacks.checkpoint import LastCheckpoint, max_over_ranks
 from fgssl.lifecycle import GracefulStop, Stopped
+from fgssl.methods.progress import train_steps
 
 
 class StopOnSignal(pl.callbacks.Checkpoint):

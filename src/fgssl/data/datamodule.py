@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fgssl.data import device as devpipe
+from fgssl.data.checks import check_batch_size
 from fgssl.data.images import filter_bad, load_rgb, record_bad
 from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
 from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
 from fgssl.lifecycle import QuietWorkerInit
-from fgssl.preflight import check_batch_size
 
 
 class ImageDataset(Dataset):

@@ -31,8 +31,8 @@ from PIL import Image
 from torch import Tensor
 
 from fgssl.errors import FgsslError
-from fgssl.fgvr.gradcam import gradcam_map
 from fgssl.nets.bn_state import bn_stats_kept
+from fgssl.nets.gradcam import gradcam_map
 
 
 @dataclass
@@ -89,7 +89,7 @@ def ssl_gradcam(method, x: Tensor) -> Tensor:
             xf = torch.flip(x, dims=[3])
             a1, z1 = method.encode(x)
             _, z2 = method.encode(xf)
-            loss = method._fp32(method.ssl_forward, x, xf, z1, z2).loss
+            loss = method.fp32(method.ssl_forward, x, xf, z1, z2).loss
             (g,) = torch.autograd.grad(loss, [a1], allow_unused=True)
     finally:
         method.train(was_training)

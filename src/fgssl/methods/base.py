@@ -12,21 +12,23 @@ momentum methods, its online/target pairs. Everything else lives here:
   SYN for the synthesized pair; it never touches the MoCo queue, and it leaves every
   BatchNorm running statistic as it found it: only the real views move those);
 * ``embed(x)``: the evaluation feature; a regularizer (LCR) may replace it;
-* optimisation: SGD param groups with per-group lr/wd and fixed-lr flags,
-  optional Adam groups (SYN's decoder), linear warm-up + per-step cosine;
+* ``pair_gradcam(x)``: ``(A, dL/dA)`` of the method's loss on ``(x, hflip(x))`` in eval
+  mode, touching no statistic; SYN's figures, LCR's maps, the localisation score and the
+  paper figures all read Grad-CAM through it;
 * the EMA of ``momentum_pairs()``;
 * the training step, which computes ``L_C``, computes ``dL_C/dA`` once when a
   regularizer asks for it, adds every regularizer's weighted loss terms and
-  logs each under its own name;
-* the online kNN monitor (``val/knn_top1``) through Lightning's validation loop.
+  logs each under its own name.
+
+Elsewhere: optimizers and the lr schedule (``methods/optim.py``), the step counter and
+training progress (``methods/progress.py``), the online kNN monitor (``callbacks/knn.py``).
 
 A *regularizer* (SYN, LCR) is an ``nn.Module`` held in ``method.regularizers``.
-It never needs code inside a method class.
+It never needs code inside a method class; it plugs in through ``fgssl.regularizers``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -36,9 +38,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from fgssl.callbacks.guards import train_steps
-from fgssl.errors import ConfigError
-from fgssl.eval.knn import weighted_knn_predict
+from fgssl.errors import ConfigError, FgsslError
+from fgssl.methods import optim
+from fgssl.methods.progress import epoch_fraction, train_steps
 from fgssl.nets.backbones import build_backbone
 from fgssl.nets.bn_state import bn_per_chunk, bn_stats_kept
 
@@ -66,6 +68,9 @@ class StepState:
     grad_A: Optional[Tuple[Tensor, Tensor]]
     epoch: int
     step: int
+    #: Fraction of the current epoch done at the end of this step: training progress is
+    #: ``epoch + epoch_frac`` epochs (the one source of progress-driven schedules, e.g. SYN's nu).
+    epoch_frac: float = 1.0
 
 
 class Regularizer(nn.Module):
@@ -92,13 +97,9 @@ class Regularizer(nn.Module):
     def callbacks(self) -> List[pl.Callback]:
         return []
 
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """lr multiplier: linear warm-up over ``warmup`` steps, then half-cosine to 0."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    @classmethod
+    def resolve_config(cls, cfg: DictConfig, own: DictConfig) -> None:
+        """Before the method is built: fill in values this regularizer decides (``own`` = its group)."""
 
 
 class SSLMethod(pl.LightningModule):
@@ -116,7 +117,10 @@ class SSLMethod(pl.LightningModule):
         self.backbone = build_backbone(b.name, b.stem, b.weights, zir)
         self.feat_dim = self.backbone.dim
         self.regularizers = nn.ModuleList()
-        self._val_feats: Dict[int, List[Tuple[Tensor, Tensor]]] = {}
+
+    @classmethod
+    def resolve_config(cls, cfg: DictConfig, num_train: int, world_size: int) -> None:
+        """Fill in the config values derived from the data (e.g. MoCo's queue size) before building."""
 
     # ------------------------------------------------------------------ contract
     def encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -151,7 +155,7 @@ class SSLMethod(pl.LightningModule):
                     z1, z2 = self.encode(torch.cat([x1, x2]))[1].chunk(2)
             else:
                 z1, z2 = self.encode(x1)[1], self.encode(x2)[1]
-            return self._fp32(self.ssl_forward, x1, x2, z1, z2).loss
+            return self.fp32(self.ssl_forward, x1, x2, z1, z2).loss
 
     def uses_online_z2(self) -> bool:
         """Whether :meth:`ssl_forward` reads the online feature of the second view."""
@@ -196,8 +200,29 @@ class SSLMethod(pl.LightningModule):
             raise ConfigError(f"eval.feature={feature!r} must be 'auto' or 'gap'")
         return F.normalize(z, dim=1)
 
+    def pair_gradcam(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(A, dL/dA)`` of ``x``'s layer4 map under the method's own loss on the pair ``(x, hflip(x))``.
+
+        Evaluated in eval mode (running BatchNorm statistics), with every BatchNorm buffer, the queue
+        and the parameters left as they were and the module's mode restored, so it can run at any time
+        (image grids during training, figures, the localisation score). ``dL/dA`` is fp32 and detached.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.enable_grad(), bn_stats_kept(self):
+                x2 = torch.flip(x, dims=[3])
+                a1, z1 = self.encode(x)
+                z2 = self.encode(x2)[1] if self.uses_online_z2() else None
+                loss = self.fp32(self.ssl_forward, x, x2, z1, z2).loss
+                (g,) = torch.autograd.grad(loss.float(), [a1], allow_unused=True)
+        finally:
+            self.train(was_training)
+        g = torch.zeros_like(a1) if g is None else g.float()
+        return a1.detach(), g.detach()
+
     # ------------------------------------------------------------------ helpers
-    def _fp32(self, fn, *args):
+    def fp32(self, fn, *args):
         """Run heads and losses in fp32 even inside an autocast region.
 
         The surrounding autocast state is remembered so that encoders called from
@@ -223,7 +248,7 @@ class SSLMethod(pl.LightningModule):
         (x1, x2), _ = batch
         a1, z1 = self.encode(x1)
         a2, z2 = self.encode(x2)
-        out = self._fp32(self.ssl_forward, x1, x2, z1, z2)
+        out = self.fp32(self.ssl_forward, x1, x2, z1, z2)
         loss_c = out.loss
         grad_a = None
         cam_regs = [r for r in self.regularizers if r.needs_gradcam]
@@ -232,7 +257,8 @@ class SSLMethod(pl.LightningModule):
             maps = (a1, a2)
             got = dict(zip(views, self.gradcam_grads(loss_c, [maps[v] for v in views]))) if views else {}
             grad_a = tuple(got[v] if v in got else torch.zeros_like(maps[v]) for v in (0, 1))
-        state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.train_steps)
+        state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.train_steps,
+                          epoch_fraction(self._trainer, batch_idx))
         total = loss_c
         logs = {"train/L_C": loss_c.detach()}
         for reg in self.regularizers:
@@ -273,8 +299,6 @@ class SSLMethod(pl.LightningModule):
         if torch.isfinite(total):
             return
         bad = [k for k, v in logs.items() if not torch.isfinite(v).all()]
-        from fgssl.errors import FgsslError
-
         raise FgsslError(
             f"non-finite loss at step {self.train_steps} (epoch {self.current_epoch}): "
             f"terms {bad or ['train/loss']}; lower method.lr or check the data"
@@ -289,95 +313,18 @@ class SSLMethod(pl.LightningModule):
             for bo, bt in zip(online.buffers(), target.buffers()):
                 bt.copy_(bo)
 
-    # ------------------------------------------------------------------ optim
-    def _all_param_groups(self) -> List[dict]:
-        groups = list(self.learnable_params())
-        for reg in self.regularizers:
-            groups += reg.param_groups(self)
-        seen: set = set()
-        for g in groups:
-            ids = {id(p) for p in g["params"]}
-            if ids & seen:
-                raise RuntimeError(f"parameter group {g['name']!r} overlaps another group")
-            seen |= ids
-        return [g for g in groups if g["params"]]
-
+    # ------------------------------------------------------------------ optim / validation
     def scaled_lr(self) -> float:
         world = self.trainer.world_size if self._trainer is not None else 1
         return self.cfg.method.lr * self.cfg.data.batch_size * world / 256.0
 
-    def _steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch, from the datamodule's size (drop_last) and limit_train_batches.
-
-        Not ``trainer.estimated_stepping_batches``: that builds the train loader before a checkpoint is
-        restored, so a resumed run would never receive the loader's saved mid-epoch position.
-        """
-        trainer = self.trainer
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "train_set"):  # loaders given directly (benchmarks)
-            return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
-        from fgssl.data.sampling import global_batches
-
-        n = global_batches(len(dm.train_set), dm.cfg.batch_size, trainer.world_size)
-        limit = trainer.limit_train_batches
-        n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
-        return max(1, n)
-
     def configure_optimizers(self):
-        m = self.cfg.method
-        base_lr = self.scaled_lr()
-        sgd, adam = [], []
-        for g in self._all_param_groups():
-            g = dict(g)
-            kind = g.pop("optimizer", "sgd")
-            g.setdefault("lr", base_lr if kind == "sgd" else 1e-4)
-            g.setdefault("weight_decay", m.weight_decay if kind == "sgd" else 0.0)
-            g.setdefault("fixed_lr", False)
-            (sgd if kind == "sgd" else adam).append(g)
-        steps_per_epoch = self._steps_per_epoch()
-        total = max(1, steps_per_epoch * max(1, self.trainer.max_epochs))
-        warmup = int(round(m.warmup_epochs * steps_per_epoch))
-
-        def lam(fixed: bool):
-            return (lambda s: 1.0) if fixed else (lambda s: warmup_cosine(s, total, warmup))
-
-        opts, scheds = [], []
-        if sgd:
-            opts.append(torch.optim.SGD(sgd, lr=base_lr, momentum=m.sgd_momentum))
-        if adam:
-            opts.append(torch.optim.Adam(adam, lr=adam[0]["lr"]))
-        for opt in opts:
-            fns = [lam(g["fixed_lr"]) for g in opt.param_groups]
-            scheds.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, fns), "interval": "step"})
-        return opts, scheds
-
-    # ------------------------------------------------------------------ kNN monitor
-    def on_validation_epoch_start(self) -> None:
-        self._val_feats = {}
+        return optim.configure(self, self.scaled_lr())
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """The evaluation feature and label of a batch, collected by the kNN monitor (``callbacks/knn.py``)."""
         x, y = batch
-        f = self.embed(x, self.cfg.eval.feature)
-        self._val_feats.setdefault(dataloader_idx, []).append((f, y))
-
-    def on_validation_epoch_end(self) -> None:
-        if len(self._val_feats) < 2:
-            return
-        parts = []
-        dm = self.trainer.datamodule
-        for idx, ds in ((0, dm.memory_set), (1, dm.test_set)):
-            f = torch.cat([t[0] for t in self._val_feats[idx]])
-            y = torch.cat([t[1] for t in self._val_feats[idx]])
-            if self.trainer.world_size > 1:  # contiguous shards (ShardSampler): rank order = dataset order
-                f = self.all_gather(f).flatten(0, 1)[: len(ds)]
-                y = self.all_gather(y).flatten(0, 1)[: len(ds)]
-            parts.append((f, y))
-        (mf, my), (tf, ty) = parts
-        num_classes = int(torch.cat([my, ty]).max().item()) + 1
-        pred = weighted_knn_predict(tf, mf, my, num_classes, self.cfg.eval.knn_k, self.cfg.eval.knn_t)
-        acc = (pred == ty).float().mean() * 100.0
-        self.log("val/knn_top1", acc, prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self._val_feats = {}
+        return self.embed(x, self.cfg.eval.feature), y
 
 
 def trainable(modules: Iterable[nn.Module]) -> List[nn.Parameter]:

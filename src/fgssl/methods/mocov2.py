@@ -38,6 +38,12 @@ def default_queue_size(num_train: int, global_batch: int, cap: int = 65536) -> i
 
 
 class MoCoV2(SSLMethod):
+    @classmethod
+    def resolve_config(cls, cfg, num_train: int, world_size: int) -> None:
+        """An automatic queue (``method.queue_size: null``): :func:`default_queue_size` of the data."""
+        if not cfg.method.queue_size:
+            cfg.method.queue_size = default_queue_size(num_train, cfg.data.batch_size * world_size)
+
     def __init__(self, cfg):
         super().__init__(cfg)
         m = cfg.method
@@ -52,7 +58,8 @@ class MoCoV2(SSLMethod):
         for p in list(self.backbone_momentum.parameters()) + list(self.projector_momentum.parameters()):
             p.requires_grad = False
         if m.queue_size is None or m.queue_size <= 0:
-            raise ValueError("method.queue_size must be resolved (fgssl.run.resolve_queue sets it from the data size)")
+            raise ValueError("method.queue_size must be resolved first (MoCoV2.resolve_config, via "
+                             "fgssl.factory.build_model)")
         self.register_buffer("queue", F.normalize(torch.randn(int(m.queue_size), m.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 

@@ -10,7 +10,7 @@ A regularizer that attaches to any method through the method contract
    ``dL_C/dA`` is computed once by the base step (fp32, no graph). With a GAP
    head it is spatially constant, so ``gc`` is the standard Grad-CAM
    ``ReLU(sum_c alpha_c A_c)``, ``alpha_c = mean_hw dL_C/dA_c``
-   (``fgssl.fgvr.gradcam``).
+   (``fgssl.nets.gradcam``).
 2. Branch (``fgssl.nets.rationale_branch``): ``M = max_k ReLU(BN(W_k * A))``.
 3. Attention ``att`` = min-max of ``M`` -- batch-global (faithful) or per image
    (clean) -- and the fit ``L_fit = KL(p_gc || p_att)``
@@ -61,13 +61,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from fgssl.errors import FgsslError
-from fgssl.fgvr.gradcam import gradcam_map
-from fgssl.losses.rationale_fit import MODES, mean_entropy, normalise_attention, rationale_fit
+from fgssl.errors import ConfigError
+from fgssl.losses.rationale_fit import mean_entropy, normalise_attention, rationale_fit
 from fgssl.methods.base import Regularizer, StepState
+from fgssl.nets.gradcam import gradcam_map
 from fgssl.nets.rationale_branch import RationaleBranch
-
-VIEWS = ("auto", "first", "both")
 
 
 def attention_pool(A: Tensor, att: Tensor) -> Tensor:
@@ -93,29 +91,19 @@ class RationaleRegularizer(Regularizer):
     def __init__(self, cfg, method):
         super().__init__()
         mode = str(cfg.mode)
-        if mode not in MODES:
-            raise FgsslError(f"rationale.mode={mode!r} must be one of {list(MODES)}")
-        views = str(cfg.get("views", "auto"))
-        if views not in VIEWS:
-            raise FgsslError(f"rationale.views={views!r} must be one of {list(VIEWS)}")
-        if int(cfg.projections) < 1:
-            raise FgsslError(f"rationale.projections={cfg.projections} must be >= 1")
-        if float(cfg.temperature) <= 0:
-            raise FgsslError(f"rationale.temperature={cfg.temperature} must be > 0")
-        if float(cfg.weight) < 0:
-            raise FgsslError(f"rationale.weight={cfg.weight} must be >= 0")
+        views = str(cfg.views)
         grad_views = tuple(method.gradient_views()) if hasattr(method, "gradient_views") else (0, 1)
         mcfg = getattr(getattr(method, "cfg", None), "method", None)
         if mode == "faithful" and mcfg is not None:
             # the LCR code: MoCo v2, one-directional InfoNCE, only the query's map fitted
             if mcfg.name != "mocov2":
-                raise FgsslError(f"rationale.mode=faithful reproduces the LCR MoCo v2 code and needs "
+                raise ConfigError(f"rationale.mode=faithful reproduces the LCR MoCo v2 code and needs "
                                  f"method=mocov2 (got method={mcfg.name}); use rationale.mode=clean")
             if mcfg.get("symmetric", False):
-                raise FgsslError("rationale.mode=faithful reproduces the LCR code's one-directional MoCo v2 loss; "
+                raise ConfigError("rationale.mode=faithful reproduces the LCR code's one-directional MoCo v2 loss; "
                                  "drop method.symmetric=true (or use rationale.mode=clean)")
         if views == "both" and len(grad_views) < 2:
-            raise FgsslError("rationale.views=both: the second view's map has no path to L_C with this method "
+            raise ConfigError("rationale.views=both: the second view's map has no path to L_C with this method "
                              "(one-directional MoCo v2), so its Grad-CAM is zero and its target flat; use "
                              "rationale.views=auto or first, or method.symmetric=true")
         self.mode = mode
@@ -126,7 +114,7 @@ class RationaleRegularizer(Regularizer):
         self.weight = float(cfg.weight)
         self.temperature = float(cfg.temperature)
         self.log_every = int(cfg.get("log_images_every_n_epochs", 0) or 0)
-        self.log_num = int(cfg.get("log_images_num", 8) or 8)
+        self.log_num = int(cfg.get("log_images_n", 8) or 8)
         self.branch = RationaleBranch(int(method.feat_dim), int(cfg.projections))
         if self.weight == 0.0:
             # L_fit is the branch's only gradient, so with weight 0 it would never move; freezing it
@@ -174,9 +162,15 @@ class RationaleRegularizer(Regularizer):
     def callbacks(self) -> List[pl.Callback]:
         if self.log_every <= 0:
             return []
-        from fgssl.callbacks.rationale import RationaleMapsCallback
+        from fgssl.regularizers.lcr.callback import RationaleMapsCallback
 
-        return [RationaleMapsCallback(self.log_every, self.log_num)]
+        return [RationaleMapsCallback(self, self.log_every, self.log_num)]
+
+    @classmethod
+    def resolve_config(cls, cfg, own) -> None:
+        """Faithful mode reproduces the LCR code, whose MoCo v2 queue is K = 65,536 (docs/method.md)."""
+        if own.mode == "faithful" and cfg.method.name == "mocov2" and not cfg.method.get("queue_size"):
+            cfg.method.queue_size = 65536
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, views={self.views}, weight={self.weight}, temperature={self.temperature}"

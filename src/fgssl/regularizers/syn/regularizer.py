@@ -4,11 +4,11 @@ Z. Wang, L. Liu, S. R. Figueroa Weston, S. Tian, P. Li, "On Learning Discriminat
 Features from Synthesized Data for Self-Supervised Fine-Grained Visual Recognition",
 ECCV 2024 (arXiv 2407.14676). No code was released; everything the paper leaves
 open follows ``docs/method.md`` (SYN), and each such choice is a config switch
-(``conf/synthesis/syn.yaml``, ``fgssl.config.SynthesisConfig``).
+(``regularizers/syn/syn.yaml``, :class:`fgssl.regularizers.syn.SynthesisConfig`).
 
 Every SYN equation lives in this file (the decoder architecture is in
 ``fgssl/nets/decoder.py``, ``L_R`` in ``fgssl/losses/reconstruction.py``, the ν
-schedule is driven by ``fgssl/callbacks/synthesis.py``).
+schedule reads the training progress of each step, ``StepState.epoch + epoch_frac``).
 
 Total loss (paper, Sec. 3 / Fig. 1a)::
 
@@ -40,7 +40,7 @@ One training step, given ``z1, z2`` of the two views (``StepState``):
        s_ij = |dL_C/dz_ij| * z_ij          (variants: grad_only |dL_C/dz_ij|, signed dL_C/dz_ij * z_ij)
 
    ``dL_C/dz = sum_hw dL_C/dA`` comes from the gradient the base computes once per
-   step (``fgvr/gradcam.py``), detached and in fp32.
+   step (``nets/gradcam.py``), detached and in fp32.
 3. **Selection** of ``k = round(rho * C)`` dimensions per sample (low = non-discriminative).
    With ``r^var_j`` the rank of ``s2_j`` among the C dimensions and ``r^cam_ij`` the
    rank of ``s_ij`` within sample ``i`` (0 = lowest)::
@@ -88,7 +88,7 @@ One training step, given ``z1, z2`` of the two views (``StepState``):
    pair's own batch statistics. ``train/syn_shift`` (:func:`latent_shift`) logs how far
    ``z~`` moves from ``z`` over the selected dimensions.
 6. **Schedule**: ``nu(t) = 0`` for ``t < warmup_epochs``, then a linear ramp to ``nu``
-   over ``ramp_epochs`` (updated per step by the callback, see :func:`nu_schedule`).
+   over ``ramp_epochs``, per step from the step's training progress (:func:`nu_schedule`).
    While ``nu(t) = 0`` no pair is built at all (the step then costs the base step
    plus one decoder pass).
 
@@ -110,231 +110,30 @@ import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fgssl.errors import ConfigError
-from fgssl.fgvr.gradcam import channel_importance
 from fgssl.losses.reconstruction import reconstruction_loss, resize_to
 from fgssl.methods.base import Regularizer, StepState
 from fgssl.nets.bn_state import bn_stats_kept
 from fgssl.nets.decoder import Decoder
-
-CRITERIA = ("variance", "gradcam", "both", "union", "intersection", "random", "top")
-#: Criteria that read the Grad-CAM importance (the base then computes dL_C/dA).
-CAM_CRITERIA = ("gradcam", "both", "union", "intersection", "top")
-PERTURBATIONS = ("shuffle", "gauss", "gauss_dim", "zero", "mean")
-PAIRS = ("synthetic", "real")
-PAIR_SIZES = ("input", "decoder")
-RECON_VIEWS = ("both", "first")
-
-
-# ----------------------------------------------------------------------------- schedule
-def nu_schedule(nu: float, warmup_epochs: float, ramp_epochs: float, epoch: int, frac: float = 1.0) -> float:
-    """``nu(t)``: 0 before ``warmup_epochs``, then linear to ``nu`` over ``ramp_epochs``.
-
-    ``t = epoch + frac`` is the training progress *at the end* of the current step
-    (``frac = (batch_idx + 1) / batches_per_epoch``), so the first step after the
-    warm-up already has a small positive weight and the ramp reaches ``nu`` exactly
-    at the end of epoch ``warmup + ramp - 1``.
-    """
-    if epoch < warmup_epochs:
-        return 0.0
-    if ramp_epochs <= 0:
-        return float(nu)
-    t = (epoch - warmup_epochs) + frac
-    return float(nu) * min(1.0, max(0.0, t / ramp_epochs))
-
-
-# ----------------------------------------------------------------------------- statistics
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-class DimensionStats(nn.Module):
-    """Running per-dimension mean and variance of ``z`` (item 1 of the module docstring).
-
-    Buffers: ``mean`` (C), ``var`` (C), ``num_updates`` (0 = not initialised).
-    """
-
-    def __init__(self, dim: int, momentum: float = 0.99):
-        super().__init__()
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"synthesis.stats_momentum={momentum} must be in [0, 1)")
-        self.momentum = float(momentum)
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("var", torch.ones(dim))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    @property
-    def initialised(self) -> bool:
-        return int(self.num_updates) > 0
-
-    @staticmethod
-    def local_moments(z: Tensor) -> Tensor:
-        """``[sum_i z_i, sum_i z_i^2, n]`` in fp64, packed in one (2C + 1) vector."""
-        z = z.detach().double()
-        n = torch.full((1,), float(z.shape[0]), dtype=torch.float64, device=z.device)
-        return torch.cat([z.sum(0), z.square().sum(0), n])
-
-    @staticmethod
-    def moments_to_mean_var(m: Tensor) -> Tuple[Tensor, Tensor]:
-        c = (m.numel() - 1) // 2
-        n = m[-1].clamp_min(1.0)
-        mean = m[:c] / n
-        var = (m[c:2 * c] / n - mean.square()).clamp_min(0.0)
-        return mean, var
-
-    @torch.no_grad()
-    def global_moments(self, z: Tensor) -> Tuple[Tensor, Tensor]:
-        """Mean and (population) variance of ``z`` over the global batch (all ranks)."""
-        return self.moments_to_mean_var(_all_reduce_sum(self.local_moments(z)))
-
-    @torch.no_grad()
-    def update(self, z: Tensor) -> None:
-        """One EMA step with the global batch moments of ``z`` (N, C)."""
-        mean, var = self.global_moments(z)
-        # keep = m, or 0 on the first update (copy the batch moments); no host-device sync.
-        keep = (self.num_updates > 0).to(self.mean.dtype) * self.momentum
-        self.mean.mul_(keep).add_((1.0 - keep) * mean.to(self.mean.dtype))
-        self.var.mul_(keep).add_((1.0 - keep) * var.to(self.var.dtype))
-        self.num_updates.add_(1)
-
-    @torch.no_grad()
-    def set_from_moments(self, local: Tensor) -> None:
-        """Set the statistics exactly from accumulated :meth:`local_moments` (all-reduced here)."""
-        mean, var = self.moments_to_mean_var(_all_reduce_sum(local.clone()))
-        self.mean.copy_(mean.to(self.mean.dtype))
-        self.var.copy_(var.to(self.var.dtype))
-        self.num_updates.add_(1)
-
-
-# ----------------------------------------------------------------------------- selection
-def ranks(score: Tensor, dim: int = -1) -> Tensor:
-    """Rank of every entry along ``dim`` (0 = lowest; ties broken by index), as float."""
-    order = torch.argsort(score, dim=dim, stable=True)
-    r = torch.empty_like(order)
-    r.scatter_(dim, order, torch.arange(score.shape[dim], device=score.device).expand_as(order))
-    return r.to(torch.float32)
-
-
-def bottom_k_mask(score: Tensor, k: int, largest: bool = False) -> Tensor:
-    """Boolean (N, C) mask of the ``k`` lowest (or highest) entries of each row (stable order)."""
-    n, c = score.shape
-    mask = torch.zeros(n, c, dtype=torch.bool, device=score.device)
-    if k <= 0:
-        return mask
-    order = torch.argsort(score, dim=1, stable=True)
-    idx = order[:, c - k:] if largest else order[:, :k]
-    return mask.scatter_(1, idx, True)
-
-
-def num_selected(ratio: float, dim: int) -> int:
-    """``k = round(rho * C)``."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ConfigError(f"synthesis.ratio={ratio} must be in [0, 1]")
-    return int(round(ratio * dim))
-
-
-def select_dims(criterion: str, ratio: float, var: Tensor, cam: Optional[Tensor], n: int,
-                generator: Optional[torch.Generator] = None) -> Tensor:
-    """The (n, C) mask of dimensions to perturb (item 3 of the module docstring).
-
-    ``var``: running variance (C,); ``cam``: Grad-CAM importance (n, C), needed by
-    the criteria in :data:`CAM_CRITERIA`.
-    """
-    if criterion not in CRITERIA:
-        raise ConfigError(f"synthesis.criterion={criterion!r} must be one of {CRITERIA}")
-    c = var.shape[0]
-    k = num_selected(ratio, c)
-    if criterion == "random":
-        return bottom_k_mask(torch.rand(n, c, device=var.device, generator=generator), k)
-    r_var = ranks(var.float()).unsqueeze(0).expand(n, c)
-    if criterion == "variance":
-        return bottom_k_mask(r_var, k)
-    if cam is None:
-        raise RuntimeError(f"synthesis.criterion={criterion!r} needs the Grad-CAM gradient (grad_A is None)")
-    r_cam = ranks(cam.float(), dim=1)
-    if criterion == "gradcam":
-        return bottom_k_mask(r_cam, k)
-    if criterion == "both":
-        return bottom_k_mask(0.5 * (r_var + r_cam), k)
-    if criterion == "top":
-        return bottom_k_mask(0.5 * (r_var + r_cam), k, largest=True)
-    a, b = bottom_k_mask(r_var, k), bottom_k_mask(r_cam, k)
-    return a | b if criterion == "union" else a & b
-
-
-def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
-    """Mean over rows of the Spearman rank correlation between ``a`` and ``b`` (n, C).
-
-    ``rho = 1 - 6 sum_j d_j^2 / (C (C^2 - 1))`` with ``d`` the rank differences.
-    """
-    c = a.shape[-1]
-    if c < 2:
-        return torch.zeros((), device=a.device)
-    d = ranks(a.float(), dim=-1) - ranks(b.float(), dim=-1)
-    return (1.0 - 6.0 * d.double().square().sum(-1) / (c * (c * c - 1.0))).mean().float()
-
-
-# ----------------------------------------------------------------------------- perturbation
-def derangement(n: int, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
-    """A random permutation of ``range(n)`` with no fixed point (one random cycle); identity for n < 2."""
-    if n < 2:
-        return torch.arange(n, device=device)
-    p = torch.randperm(n, device=device, generator=generator)
-    perm = torch.empty_like(p)
-    perm[p] = p.roll(-1)
-    return perm
-
-
-def perturb(z: Tensor, mask: Tensor, kind: str, mean: Optional[Tensor] = None, var: Optional[Tensor] = None,
-            beta: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:
-    """``z~ = where(mask, p(z), z)`` (item 4 of the module docstring); ``z`` is treated as a constant."""
-    z = z.detach()
-    if kind == "shuffle":
-        src = z[derangement(z.shape[0], z.device, generator)]
-    elif kind in ("gauss", "gauss_dim"):
-        if var is None:
-            raise ValueError(f"perturbation={kind} needs the running variance")
-        sigma = var.to(z.dtype).clamp_min(0.0).sqrt()
-        if kind == "gauss":  # one scale for every dimension: the mean running std sigma-bar
-            sigma = sigma.mean()
-        eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-        src = (z + beta * sigma * eps).clamp_min(0.0)
-    elif kind == "zero":
-        src = torch.zeros_like(z)
-    elif kind == "mean":
-        if mean is None:
-            raise ValueError("perturbation=mean needs the running mean")
-        src = mean.to(z.dtype).unsqueeze(0).expand_as(z)
-    else:
-        raise ConfigError(f"synthesis.perturbation={kind!r} must be one of {PERTURBATIONS}")
-    return torch.where(mask, src, z)
-
-
-@torch.no_grad()
-def latent_shift(z: Tensor, z_tilde: Tensor, mask: Tensor) -> Tensor:
-    """``||M * (z~ - z)|| / ||M * z||`` over the selected dimensions of the batch (0 if nothing is selected).
-
-    How far the perturbation moves the latent, logged every step as ``train/syn_shift``: a
-    perturbation that moves nothing (for example ``gauss_dim`` on near-constant dimensions)
-    shows up as a value near 0.
-    """
-    m = mask.to(z.dtype)
-    num = ((z_tilde.detach().float() - z.detach().float()) * m).norm()
-    return num / (z.detach().float() * m).norm().clamp_min(1e-12)
-
-
-def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
-    """Flip each image of the batch horizontally with probability ``p`` (independently)."""
-    if p <= 0:
-        return x
-    flip = torch.rand(x.shape[0], device=x.device) < p
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+from fgssl.nets.gradcam import channel_importance
+from fgssl.regularizers.syn.maths import (
+    CAM_CRITERIA,
+    CRITERIA,
+    PERTURBATIONS,
+    DimensionStats,
+    bottom_k_mask,
+    derangement,
+    latent_shift,
+    nu_schedule,
+    num_selected,
+    perturb,
+    random_hflip,
+    ranks,
+    select_dims,
+    spearman_rows,
+)
 
 
 # ----------------------------------------------------------------------------- regularizer
@@ -355,13 +154,7 @@ class SynthesisRegularizer(Regularizer):
     def __init__(self, cfg, method):
         super().__init__()
         self.cfg = cfg
-        for key, allowed in (("criterion", CRITERIA), ("perturbation", PERTURBATIONS), ("pair", PAIRS),
-                             ("pair_size", PAIR_SIZES), ("recon_views", RECON_VIEWS)):
-            if cfg[key] not in allowed:
-                raise ConfigError(f"synthesis.{key}={cfg[key]!r} must be one of {allowed}")
         num_selected(cfg.ratio, method.feat_dim)
-        if not 0.0 < cfg.pair_fraction <= 1.0:
-            raise ConfigError(f"synthesis.pair_fraction={cfg.pair_fraction} must be in (0, 1]")
         self.input_size = int(method.cfg.data.image_size)
         self.decoder_size = int(cfg.decoder_size or max(4, self.input_size // 2))
         self.decoder = Decoder(method.feat_dim, self.decoder_size, width=cfg.decoder_width,
@@ -372,18 +165,14 @@ class SynthesisRegularizer(Regularizer):
             # and keeps DDP (find_unused_parameters=False) from waiting for gradients that never come.
             self.decoder.requires_grad_(False)
         self.stats = DimensionStats(method.feat_dim, cfg.stats_momentum)
-        #: Current nu, set per step by SynthesisCallback (None: use the schedule at the step's epoch).
-        self.nu_now: Optional[float] = None
         self.last_logs: Dict[str, Tensor] = {}
-        self._epoch = 0
         self._warned_cam = False
 
     # -------------------------------------------------------------- contract
-    def current_nu(self, epoch: Optional[int] = None) -> float:
-        if self.nu_now is not None:
-            return float(self.nu_now)
+    def current_nu(self, epoch: int, epoch_frac: float = 1.0) -> float:
+        """nu at training progress ``epoch + epoch_frac`` (:func:`nu_schedule`; the step's ``StepState``)."""
         c = self.cfg
-        return nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, self._epoch if epoch is None else epoch, 1.0)
+        return nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, epoch, epoch_frac)
 
     #: The selection reads the Grad-CAM of the first view only (the pairs come from it).
     gradcam_views = (0,)
@@ -400,7 +189,7 @@ class SynthesisRegularizer(Regularizer):
                  "fixed_lr": bool(self.cfg.decoder_fixed_lr)}]
 
     def callbacks(self):
-        from fgssl.callbacks.synthesis import SynthesisCallback
+        from fgssl.regularizers.syn.callback import SynthesisCallback
 
         return [SynthesisCallback(self)]
 
@@ -439,7 +228,6 @@ class SynthesisRegularizer(Regularizer):
     # -------------------------------------------------------------- step
     def loss_terms(self, method, state: StepState) -> Dict[str, Tuple[float, Tensor]]:
         c = self.cfg
-        self._epoch = state.epoch
         x1, x2 = state.x
         z1, z2 = state.z
         n = z1.shape[0]
@@ -461,7 +249,7 @@ class SynthesisRegularizer(Regularizer):
         # Selection diagnostics every step (cheap); the pair only while nu > 0.
         grad_a = state.grad_A[0] if state.grad_A is not None else None
         mask, logs = self.selection(z1, grad_a)
-        nu = self.current_nu(state.epoch)
+        nu = self.current_nu(state.epoch, state.epoch_frac)
         logs["syn_nu"] = torch.tensor(nu, device=z1.device)
         m = min(n, max(2, int(round(c.pair_fraction * n))))
         z_tilde = self.perturbed(z1, mask)[:m]  # shuffle draws from the whole batch
@@ -492,20 +280,14 @@ class SynthesisRegularizer(Regularizer):
         parameter, BatchNorm statistic, queue or running statistic is changed. The
         shuffle perturbation permutes within ``x``.
         """
+        grad_a = None
+        if self.needs_gradcam:
+            a1, grad_a = method.pair_gradcam(x)
         was_training = method.training
         method.eval()
         try:
-            grad_a = None
-            with torch.enable_grad(), bn_stats_kept(method):
-                a1, z1 = method.encode(x)
-                if self.needs_gradcam:
-                    x2 = torch.flip(x, dims=[3])
-                    _, z2 = method.encode(x2)
-                    loss = method._fp32(method.ssl_forward, x, x2, z1, z2).loss
-                    (grad_a,) = torch.autograd.grad(loss.float(), [a1], allow_unused=True)
-                    grad_a = torch.zeros_like(a1) if grad_a is None else grad_a.float()
             with torch.no_grad(), bn_stats_kept(method):
-                z1 = z1.detach().float()
+                z1 = (a1.mean(dim=(2, 3)) if grad_a is not None else method.encode(x)[1]).detach().float()
                 mask, _ = self.selection(z1, grad_a)
                 rec = self.decoder(z1).float()
                 pert = self.decoder(self.perturbed(z1, mask)).float()

@@ -1,10 +1,8 @@
-"""SYN callback: the nu schedule, the warm start of the dimension statistics, image grids.
+"""SYN callback: the warm start of the dimension statistics, image grids.
 
-What SYN does outside its loss (``fgssl/fgvr/synthesis.py`` holds the equations):
+What SYN does outside its loss (``regularizers/syn/regularizer.py`` holds the equations; the nu schedule
+reads each step's training progress there):
 
-* **nu schedule.** Before every training step it sets ``reg.nu_now`` to
-  ``nu_schedule(nu, warmup_epochs, ramp_epochs, epoch, (batch_idx + 1) / batches)``:
-  0 during the warm-up epochs, then a per-step linear ramp to ``nu``.
 * **Warm start.** At ``on_train_start`` (after the dataloaders exist and a
   checkpoint, if any, was restored) it runs one no-grad pass over the *training
   views* -- the same two augmented views whose statistics the EMA tracks during
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
+from fgssl.regularizers.images import eval_images, is_image_epoch, log_png
 
 
 def save_pairs_grid(x: Tensor, rec: Tensor, pert: Tensor, path: Path) -> Path:
@@ -86,15 +84,6 @@ class SynthesisCallback(pl.Callback):
         super().__init__()
         self.reg = reg
         self._x: Optional[Tensor] = None
-
-    # ------------------------------------------------------------------ nu
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        from fgssl.fgvr.synthesis import nu_schedule
-
-        c = self.reg.cfg
-        nb = trainer.num_training_batches
-        frac = (batch_idx + 1) / nb if isinstance(nb, int) and nb > 0 else 1.0
-        self.reg.nu_now = nu_schedule(c.nu, c.warmup_epochs, c.ramp_epochs, trainer.current_epoch, frac)
 
     # ------------------------------------------------------------------ warm start
     def on_train_start(self, trainer, pl_module) -> None:

@@ -1,4 +1,4 @@
-"""Shared plumbing of the image-grid callbacks (SYN pairs, LCR maps)."""
+"""Shared plumbing of the regularizers' image-grid callbacks (SYN pairs, LCR maps)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from fgssl.callbacks.guards import train_steps
+from fgssl.methods.progress import train_steps
 
 
 def eval_images(trainer: pl.Trainer, n: int) -> Optional[Tensor]:

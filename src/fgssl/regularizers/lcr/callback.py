@@ -23,36 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fgssl.callbacks.images import eval_images, is_image_epoch, log_png
-from fgssl.fgvr.gradcam import gradcam_map
 from fgssl.fsio import save_figure
-from fgssl.nets.bn_state import bn_stats_kept
-
-
-def find_rationale(method):
-    from fgssl.fgvr.rationale import RationaleRegularizer
-
-    for reg in getattr(method, "regularizers", []):
-        if isinstance(reg, RationaleRegularizer):
-            return reg
-    return None
+from fgssl.nets.gradcam import gradcam_map
+from fgssl.regularizers.images import eval_images, is_image_epoch, log_png
 
 
 def compute_maps(method, reg, x: Tensor) -> Tuple[Tensor, Tensor]:
     """(Grad-CAM, attention), each (N, h, w), for images ``x`` (model put in eval mode and restored)."""
+    a1, g1 = method.pair_gradcam(x)
     was_training = method.training
-    method.eval()
+    method.eval()  # the branch's BatchNorm: running statistics, left untouched
     try:
-        with torch.enable_grad(), bn_stats_kept(method):
-            x2 = torch.flip(x, dims=[3])
-            a1, z1 = method.encode(x)
-            _, z2 = method.encode(x2)
-            loss = method._fp32(method.ssl_forward, x, x2, z1, z2).loss
-            (g1,) = torch.autograd.grad(loss.float(), [a1], allow_unused=True)
-        g1 = torch.zeros_like(a1) if g1 is None else g1
         with torch.no_grad():
-            cam = gradcam_map(a1.detach().float(), g1.float())
-            att = reg.attention(a1.detach())
+            cam = gradcam_map(a1.float(), g1)
+            att = reg.attention(a1)
     finally:
         method.train(was_training)
     return cam, att
@@ -101,7 +85,8 @@ def save_grid(x: Tensor, cam: Tensor, att: Tensor, path: Path, title: str = "") 
 class RationaleMapsCallback(pl.Callback):
     """Writes (and logs to wandb) the LCR map grid every ``every_n_epochs`` and after the last epoch."""
 
-    def __init__(self, every_n_epochs: int = 5, num_images: int = 8):
+    def __init__(self, reg, every_n_epochs: int = 5, num_images: int = 8):
+        self.reg = reg  # the RationaleRegularizer whose maps are drawn
         self.every = max(1, int(every_n_epochs))
         self.num = max(1, int(num_images))
         self._x: Optional[Tensor] = None
@@ -109,7 +94,7 @@ class RationaleMapsCallback(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not is_image_epoch(trainer, self.every):
             return
-        reg = find_rationale(pl_module)
+        reg = self.reg
         if self._x is None:
             self._x = eval_images(trainer, self.num)
         if reg is None or self._x is None:
