@@ -141,3 +141,21 @@ def test_bad_component_values_raise_one_line_config_errors():
                            (["rationale=lcr", "rationale.mode=bogus"], "rationale.mode")):
         with pytest.raises(ConfigError, match=key):
             check_cli_keys(["debug=smoke", "method=simsiam", *overrides])
+
+
+def test_method_config_is_per_method():
+    """MoCo's keys do not appear on SimSiam (issue 18, item 11), and giving one is the unknown-key line."""
+    import pytest
+
+    from fgssl.errors import ConfigError
+    from fgssl.preflight import check_cli_keys
+
+    sim, moco = compose_cfg(["method=simsiam"]).method, compose_cfg(["method=mocov2"]).method
+    moco_only = {"temperature", "ema_momentum", "queue_size", "symmetric", "bn_splits"}
+    assert not moco_only & set(sim) and moco_only <= set(moco)
+    assert not {"pred_hidden", "fixed_pred_lr"} & set(moco)
+    with pytest.raises(ConfigError, match=r"method.temperature: 'method' \(simsiam\) has no key 'temperature'"):
+        check_cli_keys(["method=simsiam", "method.temperature=0.1"])
+    # an experiment's per-method values reach only their method
+    assert compose_cfg(["experiment=cpu_evidence"]).method.queue_size == 2048
+    assert "queue_size" not in compose_cfg(["experiment=cpu_evidence", "method=simsiam"]).method

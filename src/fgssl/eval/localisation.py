@@ -81,20 +81,10 @@ def crop_geometry(w: int, h: int, size: int) -> Tuple[float, float, int, int]:
 
 
 def ssl_gradcam(method, x: Tensor) -> Tensor:
-    """Grad-CAM of the SSL loss for ``x`` paired with its horizontal flip: (N, h, w)."""
-    was_training = method.training
-    method.eval()
-    try:  # eval mode already uses the running statistics; the guard keeps them even for odd BN layers
-        with torch.enable_grad(), bn_stats_kept(method):
-            xf = torch.flip(x, dims=[3])
-            a1, z1 = method.encode(x)
-            _, z2 = method.encode(xf)
-            loss = method.fp32(method.ssl_forward, x, xf, z1, z2).loss
-            (g,) = torch.autograd.grad(loss, [a1], allow_unused=True)
-    finally:
-        method.train(was_training)
-    g = torch.zeros_like(a1) if g is None else g
-    return gradcam_map(a1.detach(), g.detach())
+    """Grad-CAM of the SSL loss for ``x`` paired with its horizontal flip: (N, h, w) (the method contract's
+    :meth:`~fgssl.methods.base.SSLMethod.pair_gradcam`, which leaves every statistic as it was)."""
+    a1, g = method.pair_gradcam(x)
+    return gradcam_map(a1, g)
 
 
 def lcr_attention(method, x: Tensor) -> Optional[Tensor]:
