@@ -11,8 +11,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, make_imagefolder
-from fgssl.errors import FgsslError
+from conftest import CONF, ROOT, compose_cfg, make_imagefolder
+from fgssl.cluster import apply_cluster_env, check_launcher_keys, cluster_environment
+from fgssl.errors import ConfigError, FgsslError
 from fgssl.lifecycle import check_devices
 from test_resume import (
     KILL_AT_BATCH,
@@ -92,3 +93,106 @@ def test_slurm_pre_timeout_signal_checkpoints_requeues_and_resumes(reference, tm
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert_same_end(ref, run)
     assert_same_csv(ref, run)
+
+
+# ---------------------------------------------------------------------- launcher configs and the trainer's shape
+def _launcher_sbatch(tmp_path, monkeypatch, overrides):
+    """The sbatch script submitit would submit for ``overrides``: the composed ``hydra.launcher`` passed to
+    submitit's SlurmExecutor the way the launcher plugin passes it (its launch() maps the keys this way)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf, open_dict
+    from submitit import AutoExecutor
+
+    srun = tmp_path / "bin" / "srun"  # submitit's SlurmExecutor wants srun on PATH (nothing runs it here)
+    srun.parent.mkdir(exist_ok=True)
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}:{os.environ['PATH']}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.launcher.submitit_folder, cfg.hydra.launcher.name = str(tmp_path / "%j"), "train"
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # as Hydra instantiates the launcher
+    assert params.pop("_target_").endswith("SlurmLauncher")
+    # the plugin's launch(): AutoExecutor, max_num_timeout at init, base keys as they are, the others prefixed
+    ex = AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                      slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    return cfg, ex._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
+
+
+def test_slurm_launcher_config_one_task_per_gpu_and_time_for_the_checkpoint(tmp_path, monkeypatch):
+    cfg, text = _launcher_sbatch(tmp_path, monkeypatch, ["experiment=slurm_example", "hydra.launcher.gpus_per_node=2",
+                                            "hydra.launcher.account=lab"])
+    lines = set(text.splitlines())
+    for want in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=1440", "#SBATCH --nodes=1",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=128GB", "#SBATCH --signal=USR2@300"):
+        assert want in lines, (want, text)
+    assert cfg.trainer.strategy == "ddp" and cfg.synthesis.name == "syn"
+    assert str(cfg.hydra.sweep.dir) == "multirun/slurm_example"
+    _, text = _launcher_sbatch(tmp_path, monkeypatch, ["hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                                          "hydra.launcher.gpus_per_node=8", "hydra.launcher.partition=a100"])
+    lines = set(text.splitlines())
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8"} <= lines, text
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["-m", "hydra/launcher=slurm", "hydra.launcher.partitoin=gpu"],
+     "unknown launcher key hydra.launcher.partitoin: hydra/launcher=slurm has no key 'partitoin'; did you mean "
+     "hydra.launcher.partition?"),
+    (["-m", "experiment=slurm_example", "hydra.launcher.acount=me"],
+     "unknown launcher key hydra.launcher.acount: hydra/launcher=slurm has no key 'acount'; did you mean "
+     "hydra.launcher.account?"),
+    (["-m", "hydra/launcher=local", "hydra.launcher.partition=gpu"],
+     "unknown launcher key hydra.launcher.partition: hydra/launcher=local has no key 'partition'"),
+    (["-m", "hydra/launcher=slurmm"], "hydra/launcher=slurmm is not a launcher fgssl knows"),
+])
+def test_bad_launcher_input_is_one_line(argv, line):
+    with pytest.raises(ConfigError, match="^" + line.replace("?", r"\?").replace(".", r"\.")):
+        check_launcher_keys(argv)
+    check_launcher_keys(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64"])
+
+
+def test_bad_launcher_key_from_the_command_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+                        "hydra.launcher.partitoin=gpu"], cwd=str(tmp_path), env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("fgssl error: unknown launcher key hydra.launcher.partitoin")
+    assert not (tmp_path / "multirun").exists()
+
+
+TORCHRUN_ENV = {"TORCHELASTIC_RUN_ID": "r1", "RANK": "5", "LOCAL_RANK": "1", "GROUP_RANK": "1", "WORLD_SIZE": "8",
+                "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+SLURM_ENV = {"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NAME": "train",
+             "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_ID": "77",
+             "SLURM_NODELIST": "node[1-2]"}
+
+
+@pytest.mark.parametrize("kind,env", [("torchrun", TORCHRUN_ENV), ("SLURM", SLURM_ENV)])
+def test_trainer_shape_follows_the_cluster_environment(kind, env, monkeypatch):
+    """2 nodes x 4 processes: trainer.num_nodes/devices/strategy follow torchrun's or SLURM's variables,
+    read through Lightning's cluster environments, which then accept the shape (their own check)."""
+    for k in [*TORCHRUN_ENV, *SLURM_ENV]:
+        monkeypatch.delenv(k, raising=False)
+    cfg = compose_cfg(["trainer=cpu"])
+    assert cluster_environment() is None and apply_cluster_env(cfg) is None
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (1, 1, "auto")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    line = apply_cluster_env(cfg)
+    assert line.startswith(f"fgssl: {kind} environment: 2 node(s) x 4 process(es); trainer.num_nodes=2 "
+                           "trainer.devices=4 trainer.strategy=ddp"), line
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+    lightning_env = cluster_environment()
+    assert type(lightning_env).__name__ == {"torchrun": "TorchElasticEnvironment", "SLURM": "SLURMEnvironment"}[kind]
+    lightning_env.validate_settings(num_devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes)
+    assert lightning_env.global_rank() == 5
+    if kind == "SLURM":
+        assert lightning_env.auto_requeue is False, "fgssl.lifecycle handles the pre-timeout signal"

@@ -232,6 +232,9 @@ def prepare_argv(argv: List[str], entry: str) -> None:
     from fgssl.errors import run_or_exit
 
     run_or_exit(check_cli_keys, argv[1:])
+    from fgssl.cluster import check_launcher_keys
+
+    run_or_exit(check_launcher_keys, argv[1:])  # hydra/launcher= and hydra.launcher.* (submitit's keys)
     if entry != "train":
         given = {a.split("=", 1)[0].lstrip("+~") for a in argv[1:]}
         argv[1:1] = [o for o in NO_HYDRA_OUTPUTS if o.split("=", 1)[0] not in given]

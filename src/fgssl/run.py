@@ -17,13 +17,14 @@ from fgssl.callbacks.collapse import CollapseGuard
 from fgssl.callbacks.curve import LearningCurve
 from fgssl.callbacks.knn import KnnMonitor
 from fgssl.callbacks.rng import RngState
+from fgssl.cluster import apply_cluster_env, shared_run_dir
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
 from fgssl.factory import build_model
 from fgssl.fsio import checkpoint_io
-from fgssl.lifecycle import GracefulStop
+from fgssl.lifecycle import GracefulStop, is_launching_process
 from fgssl.methods.progress import train_steps
 from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
@@ -50,7 +51,7 @@ def run_dir(cfg: DictConfig) -> Path:
         d = Path(HydraConfig.get().runtime.output_dir)
     except ValueError:  # not under Hydra (tests calling run.train directly)
         d = Path("outputs") / "run"
-    return d
+    return shared_run_dir(d)  # torchrun: every rank uses rank 0's (fgssl.cluster)
 
 
 def hydra_job_info() -> Dict[str, Optional[str]]:
@@ -82,7 +83,7 @@ def wandb_run_id(out: Path, resuming: bool) -> str:
     import string
 
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's id format
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if is_launching_process():  # global rank 0 (not each node's local rank 0)
         path.write_text(run_id + "\n")
     return run_id
 
@@ -293,6 +294,9 @@ def report_bad_images(out: Path) -> None:
 # ---------------------------------------------------------------------- entry points
 def train(cfg: DictConfig) -> Dict[str, float]:
     """Pre-train, checkpoint, evaluate; returns the final metrics (rank 0)."""
+    cluster = apply_cluster_env(cfg)  # SLURM / torchrun: trainer.num_nodes, devices, strategy (fgssl.cluster)
+    if cluster and is_launching_process():
+        print(cluster, flush=True)
     out = run_dir(cfg).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0":
