@@ -4,6 +4,7 @@ SLURM's pre-timeout signal with a stand-in ``scontrol``."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import CONF, ROOT, compose_cfg, make_imagefolder
 from fgssl.cluster import apply_cluster_env, check_launcher_keys, cluster_environment
 from fgssl.errors import ConfigError, FgsslError
 from fgssl.lifecycle import check_devices
+from fgssl.submitit_logs import job_log
 from test_resume import (
     KILL_AT_BATCH,
     KILLER,
@@ -51,6 +53,37 @@ def test_submitit_local_two_job_sweep_and_results(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "2 job(s) with metrics in 1 configuration(s)" in res.stdout and "Missing or failed" not in res.stdout
+    for j in jobs:  # the plugin's hydra.job.id is the submitit job id: the link fgssl.results follows to a log
+        log = job_log(sweep, j)
+        assert log is not None and log.is_file() and log.parent.parent == sweep / ".submitit", (j, log)
+
+
+def test_results_of_a_submitit_sweep_names_the_log_of_each_failed_or_missing_job(tmp_path):
+    """A submitit sweep folder (the layout test_submitit_local_two_job_sweep_and_results checks): job 0
+    finished, job 1 failed (error.txt), and submitit job 99_2 died before Hydra made its job folder; each
+    is listed with its log."""
+    sweep = tmp_path / "sweep"
+    for num, jid in ((0, "99_0"), (1, "99_1")):
+        job = sweep / f"{num}_seed-{num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    id: '{jid}'\n    num: {num}\n")
+    (sweep / "0_seed-0" / "metrics.json").write_text(json.dumps({"test/retrieval_map": 50.0}))
+    (sweep / "1_seed-1" / "error.txt").write_text("fgssl error: data.batch_size=1000 is larger than the dataset\n")
+    for jid in ("99_0", "99_1", "99_2"):
+        (sweep / ".submitit" / jid).mkdir(parents=True)
+        (sweep / ".submitit" / jid / f"{jid}_0_log.out").write_text("started\n")
+    (sweep / ".submitit" / "99_1" / "99_1_0_log.err").write_text("fgssl error: data.batch_size=1000 ...\n")
+    (sweep / ".submitit" / "99_2" / "99_2_0_log.err").write_text("ImportError: no module named x\n")
+    r = subprocess.run([sys.executable, "-m", "fgssl.results", str(sweep), "--no-write"], cwd=str(ROOT), env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "## Missing or failed jobs (1)" in r.stdout
+    assert ("- `1_seed-1` (`seed=1`): failed: fgssl error: data.batch_size=1000 is larger than the dataset (see "
+            "error.txt); log `.submitit/99_1/99_1_0_log.err`") in r.stdout, r.stdout
+    assert "Submitit jobs without a job directory" in r.stdout
+    assert "- submitit job 99_2: log `.submitit/99_2/99_2_0_log.err`: ImportError: no module named x" in r.stdout
+    assert "99_0" not in r.stdout
 
 
 def test_num_nodes_zero_is_one_line():

@@ -383,14 +383,20 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
                "| configuration | pairs | " + " | ".join(head) + " |",
                "|" + "|".join(["---"] * 2 + ["---:"] * len(head)) + "|"]
         md += paired_rows(groups, base, head, varying, digits)
-    if failed or missing:
+    from fgssl.submitit_logs import job_log, orphan_lines  # hydra/launcher=slurm|local sweeps: each job's log
+
+    orphans = orphan_lines(root, [j.path for j in jobs])
+    if failed or missing or orphans:
         md += ["", f"## Missing or failed jobs ({len(failed) + len(missing)})", ""]
         for j in failed:
             rel = j.path.relative_to(root) if j.path != root else Path(".")
             ov = " ".join(j.overrides)
-            md.append(f"- `{rel}`" + (f" (`{ov}`)" if ov else "") + f": {j.error}")
+            log = job_log(root, j.path)
+            md.append(f"- `{rel}`" + (f" (`{ov}`)" if ov else "") + f": {j.error}" +
+                      (f"; log `{log.relative_to(root)}`" if log else ""))
         for ov in missing:
             md.append(f"- `{ov}`: no job directory")
+        md += orphans
     return {"markdown": "\n".join(md) + "\n", "csv_rows": csv_rows, "groups": groups, "failed": failed,
             "missing": missing, "metrics": names, "varying": varying}
 
