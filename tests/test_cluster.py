@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CONF, ROOT, compose_cfg, make_imagefolder
-from fgssl.cluster import apply_cluster_env, check_launcher_keys, cluster_environment
+from fgssl.cluster import apply_cluster_env, check_launcher_keys, cluster_environment, cluster_plugins
 from fgssl.errors import ConfigError, FgsslError
 from fgssl.lifecycle import check_devices
 from fgssl.submitit_logs import job_log
@@ -33,9 +33,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 @pytest.mark.slow  # two training jobs in parallel subprocesses: ~2 min on a shared 2-core CPU
 def test_submitit_local_two_job_sweep_and_results(tmp_path):
+    """2 jobs through submitit's local executor, with wandb offline: each job its own process, its own
+    metrics.json and its own wandb run, the two runs in one wandb group named after the sweep folder."""
     data = make_imagefolder(tmp_path / "data", classes=3, per_class=6)
-    sweep = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local",
+    sweep = tmp_path / "alpha-sweep-7"
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local",
+                        "logger=wandb", "logger.mode=offline",
                         "method=simsiam", "data=imagefolder", f"data.root={data}", "debug=smoke", "data.batch_size=8",
                         "trainer.limit_train_batches=1", "eval.knn_every_n_epochs=0", "eval.max_images=24",
                         "eval.linear_max_iter=20", "trainer.enable_progress_bar=false", "seed=0,1",
@@ -48,6 +51,13 @@ def test_submitit_local_two_job_sweep_and_results(tmp_path):
     assert all((j / "metrics.json").is_file() for j in jobs), "each job has its own metrics.json"
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2, "each job ran as its own submitit job"
     assert f"sweep {sweep}: 2 of 2 job(s) finished, 0 failed" in r.stdout
+    ids = set()
+    for j in jobs:  # one offline wandb run per job; group and name are fields of its run record (protobuf)
+        (run,) = j.glob("wandb/offline-run-*/run-*.wandb")
+        record = run.read_bytes()
+        ids.add(run.stem)
+        assert _pb_string(6, sweep.name) in record, "run_group = the sweep folder's name"
+    assert len(ids) == 2, "one wandb run per job"
 
     res = subprocess.run([sys.executable, "-m", "fgssl.results", str(sweep), "--no-write"], cwd=str(ROOT), env=ENV,
                          capture_output=True, text=True, timeout=120)
@@ -70,6 +80,7 @@ def test_results_of_a_submitit_sweep_names_the_log_of_each_failed_or_missing_job
         (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    id: '{jid}'\n    num: {num}\n")
     (sweep / "0_seed-0" / "metrics.json").write_text(json.dumps({"test/retrieval_map": 50.0}))
     (sweep / "1_seed-1" / "error.txt").write_text("fgssl error: data.batch_size=1000 is larger than the dataset\n")
+    (sweep / ".submitit" / "%j").mkdir(parents=True)  # submitit's folder before the job ids are known
     for jid in ("99_0", "99_1", "99_2"):
         (sweep / ".submitit" / jid).mkdir(parents=True)
         (sweep / ".submitit" / jid / f"{jid}_0_log.out").write_text("started\n")
@@ -84,6 +95,14 @@ def test_results_of_a_submitit_sweep_names_the_log_of_each_failed_or_missing_job
     assert "Submitit jobs without a job directory" in r.stdout
     assert "- submitit job 99_2: log `.submitit/99_2/99_2_0_log.err`: ImportError: no module named x" in r.stdout
     assert "99_0" not in r.stdout
+
+
+def _pb_string(field: int, text: str) -> bytes:
+    """A protobuf string field as it is written in a wandb ``.wandb`` log (RunRecord's run_group is field 6
+    in wandb/proto/wandb_internal.proto); short strings only (one-byte length)."""
+    data = text.encode()
+    assert len(data) < 128
+    return bytes([field << 3 | 2, len(data)]) + data
 
 
 def test_num_nodes_zero_is_one_line():
@@ -229,3 +248,49 @@ def test_trainer_shape_follows_the_cluster_environment(kind, env, monkeypatch):
     assert lightning_env.global_rank() == 5
     if kind == "SLURM":
         assert lightning_env.auto_requeue is False, "fgssl.lifecycle handles the pre-timeout signal"
+    import pytorch_lightning as pl
+
+    t = cfg.trainer  # a Trainer built with that shape and fgssl's plugin (no process group is started here)
+    trainer = pl.Trainer(accelerator="cpu", devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                         plugins=cluster_plugins(), logger=False, enable_checkpointing=False)
+    assert (trainer.world_size, trainer.global_rank, trainer.node_rank, trainer.local_rank) == (8, 5, 1, 1)
+    assert type(trainer.strategy.cluster_environment) is type(lightning_env)
+    assert getattr(trainer.strategy.cluster_environment, "auto_requeue", False) is False
+
+
+@pytest.mark.slow  # a 1-job submitit sweep run twice over (stop + requeued rerun), plus the reference run
+def test_submitit_pre_timeout_signal_checkpoints_and_submitit_requeues(reference, tmp_path):  # noqa: F811
+    """Under hydra/launcher=local (submitit's LocalExecutor, which requeues like SLURM does): USR2, submitit's
+    pre-timeout signal, arrives mid-epoch at step 9; the step finishes, last.ckpt is written at it, then
+    submitit's own handler (chained after fgssl's) checkpoints the job's submission and requeues it; the
+    executor reruns it, it resumes, and the sweep ends equal to an uninterrupted run."""
+    data, ref = reference("device")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # the signal at step 9, sent once, from inside the submitit task (a process the sweep's executor starts)
+    (hook / "_fgssl_kill.py").write_text(KILLER.split("run.build_trainer = build_trainer")[0] +
+                                         "run.build_trainer = build_trainer\n")
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "once = os.environ.get('KILL_ONCE')\n"
+        "if os.environ.get('SUBMITIT_LOCAL_JOB_ID') and once and not os.path.exists(once):\n"
+        "    open(once, 'w').close()\n"
+        "    import _fgssl_kill  # noqa: F401\n")
+    sweep = tmp_path / "sweep"
+    args = [a for a in _overrides(data, tmp_path / "unused") if not a.startswith("hydra.run.dir")]
+    env = _env(KILL_SIGNAL="SIGUSR2", KILL_ONCE=str(tmp_path / "sent"),
+               PYTHONPATH=f"{hook}:{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *args,
+                        f"hydra.sweep.dir={sweep}"], cwd=str(ROOT), env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "sent").exists() and f"sweep {sweep}: 1 of 1 job(s) finished, 0 failed" in r.stdout
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    err = job_log(sweep, job)
+    log = err.read_text() + err.with_name(err.name.replace("_log.err", "_log.out")).read_text()  # both attempts
+    assert (f"stopped by SIGUSR2 at step {KILL_AT_BATCH}; requeueing through submitit (the job resumes from "
+            "last.ckpt)") in log, log[-3000:]
+    assert "Requeued job" in log, log[-3000:]  # submitit's message: the executor ran the job again
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in log, log[-3000:]
+    assert_same_end(ref, job)
+    assert_same_csv(ref, job)

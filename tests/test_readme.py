@@ -48,6 +48,12 @@ def _blocks(lang: str) -> List[Tuple[int, str]]:
     return out
 
 
+#: the comment that marks a command as needing what one machine cannot give (SLURM, several machines):
+#: its keys and folders are checked, it is not run
+NEEDS_CLUSTER = "(needs a real cluster)"
+CLUSTER_ONLY = set()
+
+
 def readme_commands() -> List[Tuple[str, str, Optional[str]]]:
     """(where, command without its comment, the ``# -> FOLDER`` annotation) for every bash line."""
     cmds = []
@@ -59,11 +65,25 @@ def readme_commands() -> List[Tuple[str, str, Optional[str]]]:
             arrow = re.search(r"#\s*->\s*(\S+)", line)
             cmd = " ".join(shlex.split(line, comments=True))
             cmds.append((f"README.md:{start + i}", cmd, arrow.group(1) if arrow else None))
+            if NEEDS_CLUSTER in line:
+                CLUSTER_ONLY.add(cmd)
     return cmds
 
 
+def as_python(cmd: str) -> str:
+    """``torchrun --flags... train.py ARGS`` as ``python train.py ARGS`` (the same Hydra command line)."""
+    words = shlex.split(cmd)
+    if words[0] != "torchrun":
+        return cmd
+    i = 1
+    while i < len(words) and words[i].startswith("-"):
+        i += 1 if "=" in words[i] else 2
+    return " ".join(["python", *words[i:]])
+
+
 COMMANDS = readme_commands()
-ENTRY_LINES = [c for c in COMMANDS if c[1].startswith("python ") and c[1].split()[1] in ENTRY_POINTS]
+ENTRY_LINES = [(w, as_python(c), a) for w, c, a in COMMANDS
+               if as_python(c).startswith("python ") and as_python(c).split()[1] in ENTRY_POINTS]
 
 
 def _compose(overrides: List[str]):
@@ -140,6 +160,8 @@ def test_command_exists(where, cmd, arrow):
         assert importlib.util.find_spec(words[2]) is not None, (where, words[2])
     elif words[0] == "python":
         assert words[1] in ENTRY_POINTS and (ROOT / words[1]).is_file(), where
+    elif words[0] == "torchrun":
+        assert as_python(cmd).split()[1] in ENTRY_POINTS, where
     else:
         assert words[0] == "wandb", f"{where}: an unknown command {words[0]!r}"
 
@@ -251,6 +273,8 @@ def _substitute(cmd: str, fake: Dict[str, str]) -> Optional[str]:
     import torch
 
     words = shlex.split(cmd)
+    if cmd in CLUSTER_ONLY:
+        return None  # SLURM or several machines (docs/cluster.md; tests/test_cluster.py, test_torchrun.py)
     if words[0] == "wandb" or "logger.mode=online" in words:
         return None  # an account and the network (wandb offline is checked through the main job's wandb/)
     if words[0] == "make" and words[1] in ("train", "test", "test-all", "install", "bench", "data", "evidence"):

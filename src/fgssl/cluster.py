@@ -40,6 +40,14 @@ def cluster_environment():
     return None
 
 
+def cluster_plugins() -> list:
+    """The Trainer's cluster environment plugin: the detected one, SLURM's without Lightning's auto-requeue
+    (its handler would save a separate hpc checkpoint from inside the signal handler, mid-step); none
+    outside a cluster environment (Lightning's own DDP launcher then starts the processes)."""
+    env = cluster_environment()
+    return [env] if env is not None else []
+
+
 def cluster_shape(env) -> tuple:
     """(nodes, processes per node) of a detected environment, from its world size (Lightning's reading)
     and the one variable of the launcher that Lightning itself checks the config against."""

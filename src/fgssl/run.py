@@ -17,7 +17,7 @@ from fgssl.callbacks.collapse import CollapseGuard
 from fgssl.callbacks.curve import LearningCurve
 from fgssl.callbacks.knn import KnnMonitor
 from fgssl.callbacks.rng import RngState
-from fgssl.cluster import apply_cluster_env, shared_run_dir
+from fgssl.cluster import apply_cluster_env, cluster_plugins, shared_run_dir
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
@@ -157,7 +157,8 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         callbacks=[*ckpts, RngState(), CollapseGuard(t.collapse_threshold, t.collapse_patience),
                    *([KnnMonitor(e.knn_k, e.knn_t)] if every > 0 else []), *callbacks],
         num_sanity_val_steps=0, use_distributed_sampler=False,  # the datamodule shards (data/sampling.py)
-        plugins=[checkpoint_io()],  # atomic checkpoint writes; a full disk is one clear error (fgssl.fsio)
+        # atomic checkpoint writes; a full disk is one clear error (fgssl.fsio); SLURM without Lightning's auto-requeue
+        plugins=[checkpoint_io(), *cluster_plugins()],
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
     if t.limit_train_batches is not None:

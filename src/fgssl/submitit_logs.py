@@ -19,7 +19,8 @@ SUBMITIT_DIR = ".submitit"
 def submitit_jobs(root: Path) -> Dict[str, Path]:
     """{submitit job id: its folder} under ``root/.submitit`` (empty without one)."""
     base = Path(root) / SUBMITIT_DIR
-    return {d.name: d for d in sorted(base.iterdir()) if d.is_dir()} if base.is_dir() else {}
+    # "%j": the folder submitit writes into before SLURM (or the local executor) has given a job id
+    return {d.name: d for d in sorted(base.iterdir()) if d.is_dir() and "%" not in d.name} if base.is_dir() else {}
 
 
 def job_id(job_dir: Path) -> Optional[str]:
@@ -72,5 +73,5 @@ def orphan_lines(root: Path, job_dirs: Sequence[Path]) -> List[str]:
     if not orphans:
         return []
     return ["", "Submitit jobs without a job directory (ended or still queued before Hydra made it):", ""] + [
-        f"- submitit job {jid}: log `{log.relative_to(root)}`" + (f": {last}" if last else " (empty)")
+        f"- submitit job {jid}: log `{log.relative_to(root)}`" + (f": {last}" if last else " (no log yet)")
         for jid, log, last in orphans]
