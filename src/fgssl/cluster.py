@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fgssl.errors import ConfigError
+from fgssl.lifecycle import is_launching_process
 
 #: fgssl's launcher configs (``conf/hydra/launcher/``) and the plugin's own two
 LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local", "basic")
@@ -63,7 +64,7 @@ def cluster_shape(env) -> tuple:
 
 def apply_cluster_env(cfg) -> Optional[str]:
     """Set ``trainer.num_nodes``, ``trainer.devices`` and (for more than one process, when it is ``auto``)
-    ``trainer.strategy`` from the SLURM / torchrun environment; returns a line saying so, or None
+    ``trainer.strategy`` from the SLURM / torchrun environment; prints (rank 0) and returns a line saying so, or None
     outside a cluster environment (the config is then left as it is)."""
     env = cluster_environment()
     if env is None:
@@ -77,8 +78,11 @@ def apply_cluster_env(cfg) -> Optional[str]:
     name = "torchrun" if type(env).__name__ == "TorchElasticEnvironment" else "SLURM"
     changed = "" if before == (t.num_nodes, t.devices, t.strategy) else \
         f" (was num_nodes={before[0]}, devices={before[1]}, strategy={before[2]})"
-    return (f"fgssl: {name} environment: {nodes} node(s) x {per_node} process(es); trainer.num_nodes={nodes} "
+    line = (f"fgssl: {name} environment: {nodes} node(s) x {per_node} process(es); trainer.num_nodes={nodes} "
             f"trainer.devices={per_node} trainer.strategy={t.strategy}{changed}")
+    if is_launching_process():
+        print(line, flush=True)
+    return line
 
 
 # ---------------------------------------------------------------------- torchrun: one run directory

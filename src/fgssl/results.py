@@ -316,6 +316,25 @@ def paired_rows(groups: Sequence[Group], base: Group, names: Sequence[str], vary
     return rows
 
 
+def missing_lines(root: Path, jobs: Sequence[Job], failed: Sequence[Job], missing: Sequence[str]) -> List[str]:
+    """The "Missing or failed jobs" section: each failed job (with its submitit log under hydra/launcher=slurm
+    or local), each sweep point without a job folder, each submitit job that never made one."""
+    from fgssl.submitit_logs import job_log, orphan_lines
+
+    orphans = orphan_lines(root, [j.path for j in jobs])
+    if not (failed or missing or orphans):
+        return []
+    md = ["", f"## Missing or failed jobs ({len(failed) + len(missing)})", ""]
+    for j in failed:
+        rel = j.path.relative_to(root) if j.path != root else Path(".")
+        ov = " ".join(j.overrides)
+        log = job_log(root, j.path)
+        md.append(f"- `{rel}`" + (f" (`{ov}`)" if ov else "") + f": {j.error}" +
+                  (f"; log `{log.relative_to(root)}`" if log else ""))
+    md += [f"- `{ov}`: no job directory" for ov in missing]
+    return md + orphans
+
+
 # ====================================================================== output
 def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
                  digits: int = 2, baseline: Optional[str] = None,
@@ -383,20 +402,7 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
                "| configuration | pairs | " + " | ".join(head) + " |",
                "|" + "|".join(["---"] * 2 + ["---:"] * len(head)) + "|"]
         md += paired_rows(groups, base, head, varying, digits)
-    from fgssl.submitit_logs import job_log, orphan_lines  # hydra/launcher=slurm|local sweeps: each job's log
-
-    orphans = orphan_lines(root, [j.path for j in jobs])
-    if failed or missing or orphans:
-        md += ["", f"## Missing or failed jobs ({len(failed) + len(missing)})", ""]
-        for j in failed:
-            rel = j.path.relative_to(root) if j.path != root else Path(".")
-            ov = " ".join(j.overrides)
-            log = job_log(root, j.path)
-            md.append(f"- `{rel}`" + (f" (`{ov}`)" if ov else "") + f": {j.error}" +
-                      (f"; log `{log.relative_to(root)}`" if log else ""))
-        for ov in missing:
-            md.append(f"- `{ov}`: no job directory")
-        md += orphans
+    md += missing_lines(root, jobs, failed, missing)
     return {"markdown": "\n".join(md) + "\n", "csv_rows": csv_rows, "groups": groups, "failed": failed,
             "missing": missing, "metrics": names, "varying": varying}
 

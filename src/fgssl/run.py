@@ -295,9 +295,7 @@ def report_bad_images(out: Path) -> None:
 # ---------------------------------------------------------------------- entry points
 def train(cfg: DictConfig) -> Dict[str, float]:
     """Pre-train, checkpoint, evaluate; returns the final metrics (rank 0)."""
-    cluster = apply_cluster_env(cfg)  # SLURM / torchrun: trainer.num_nodes, devices, strategy (fgssl.cluster)
-    if cluster and is_launching_process():
-        print(cluster, flush=True)
+    apply_cluster_env(cfg)  # SLURM / torchrun: trainer.num_nodes, devices, strategy (fgssl.cluster)
     out = run_dir(cfg).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0":
