@@ -222,7 +222,7 @@ def test_bad_images_skipped_with_warning_and_listed(pipeline, tmp_path):
             warnings.simplefilter("always")
             again = _dm(fx, tmp_path, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'c'}")
             again.setup()
-        assert again.test_pipe.split.hit and again.test_samples == dm.test_samples
+        assert again.test_set.split.hit and again.test_samples == dm.test_samples
         assert any(str(cut) in str(w.message) for w in rec)
     log = tmp_path / "run" / "bad_images.txt"
     listed = dict(read_bad_log(log))

@@ -176,17 +176,6 @@ def test_hue_shift_is_torchvisions_adjust_hue_per_image():
     torch.testing.assert_close(dp.hue_shift(x, turns), ref, rtol=0, atol=1e-5)
 
 
-def test_eval_crops_match_the_eval_transform():
-    from fgssl.data.transforms import eval_transform
-
-    h, w = 90, 120
-    img = _smooth_image(h, w, 5)
-    cache = torch.nn.functional.interpolate(img[None].float(), size=(96, 96), mode="bilinear",
-                                            antialias=True).round().to(torch.uint8)
-    ours = dp.eval_crops(cache, torch.tensor([[h, w]]), 32)[0]
-    assert (ours - eval_transform(32)(img)).abs().mean() < 0.05
-
-
 # ---------------------------------------------------------------------- datamodule
 def _dm(fx, tmp_path: Path, *overrides: str, world_size: int = 1) -> FGVRDataModule:
     cfg = compose_cfg(fx.overrides() + ["debug=smoke", "data.pipeline=device", f"data.cache_dir={tmp_path / 'c'}",
@@ -250,7 +239,9 @@ def test_decoded_cache_on_disk_is_keyed_by_files_and_side(tmp_path):
     first = _dm(fx, tmp_path)
     first.setup()
     files = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert len(files) == 2 and not any(f.endswith(".tmp") for f in files), files  # train + test, no temp left
+    # train images at S x S + the evaluation crops of the test set and of the (capped) memory set; no temp left
+    assert len(files) == 3 and not any(f.endswith(".tmp") for f in files), files
+    assert sum(f.startswith("evalcrops-") for f in files) == 2, files
     again = _dm(fx, tmp_path)
     again.setup()
     assert again.train_pipe.split.hit and torch.equal(again.train_pipe.host, first.train_pipe.host)
@@ -295,3 +286,53 @@ def test_main_job_and_smoke_use_the_device_pipeline():
     dm = FGVRDataModule(cfg.data, cfg.eval, None)
     n = len(read_split("cub53", None, "train").samples) + len(read_split("cub53", None, "test").samples)
     assert dm._choose(n)[0] == "device"
+
+
+# ---------------------------------------------------------------------- evaluation crops
+def _pair(fx, tmp_path, *overrides):
+    out = []
+    for pipeline in ("workers", "device"):
+        dm = _dm(fx, tmp_path, f"data.pipeline={pipeline}", "data.image_size=24", "data.eval_batch_size=5",
+                 *overrides)
+        dm.setup()
+        assert dm.pipeline == pipeline
+        out.append(dm)
+    return out
+
+
+@pytest.mark.parametrize("ram_cache", [False, True], ids=["from-disk", "data.cache"])
+def test_eval_tensors_equal_the_workers_paths(tmp_path, ram_cache):
+    """The device pipeline's evaluation tensors ARE the workers path's (bitwise, on the CPU): the reference
+    eval transform (Resize + CenterCrop) runs once per image on the same input (the original image, or with
+    data.cache the workers path's RAM copy), its uint8 output is cached, and the same ToDtype + Normalize ops
+    run per batch. Old code (crops resized from the S x S cache) differed by ~0.05 on average."""
+    fx = make_imagefolder_set(tmp_path / "ds")  # images of several aspect ratios
+    workers, device = _pair(fx, tmp_path, f"data.cache={ram_cache}")
+    for name in ("memory_loader", "test_loader"):
+        w, d = list(getattr(workers, name)()), list(getattr(device, name)())
+        assert [b[0].shape for b in w] == [b[0].shape for b in d]
+        for (xw, yw), (xd, yd) in zip(w, d):
+            assert torch.equal(xw, xd) and torch.equal(yw, yd), name
+    assert torch.equal(workers.test_set[2][0], device.test_set[2][0]), "item access too"
+    again = _dm(fx, tmp_path, "data.pipeline=device", "data.image_size=24", f"data.cache={ram_cache}")
+    again.setup()
+    assert again.test_set.split.hit and again.memory_set.split.hit, "stored once, keyed by the eval sizes"
+    assert torch.equal(again.test_set.held.host, device.test_set.held.host)
+    other = _dm(fx, tmp_path, "data.pipeline=device", "data.image_size=16", f"data.cache={ram_cache}")
+    other.setup()
+    assert not other.test_set.split.hit and other.test_set[0][0].shape == (3, 16, 16)
+
+
+def test_eval_features_and_metrics_are_the_same_on_both_pipelines(tmp_path):
+    """One tiny model, both pipelines: identical evaluation features and identical metrics."""
+    from fgssl.eval.evaluate import run_evaluation
+    from fgssl.methods import build_method
+
+    fx = make_imagefolder_set(tmp_path / "ds")
+    workers, device = _pair(fx, tmp_path)
+    cfg = compose_cfg(fx.overrides() + ["debug=smoke", "data.image_size=24", "method.queue_size=16"])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    got = [run_evaluation(method, dm, cfg, torch.device("cpu"), progress=False) for dm in (workers, device)]
+    timing = {k for k in got[0] if k.endswith("_seconds")}
+    assert {k: v for k, v in got[0].items() if k not in timing} == {k: v for k, v in got[1].items() if k not in timing}

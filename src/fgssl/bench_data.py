@@ -150,7 +150,8 @@ def compare_augment(dm, batch: int, device: str, reps: int = 9) -> Dict[str, Any
     import torch
 
     from fgssl.bench import _sync
-    from fgssl.data.device import _blur_kernel, hue_shift, view_params
+    from fgssl.data.device import hue_shift, view_params
+    from fgssl.data.transforms import _blur_kernel
 
     pipe = dm.train_pipe
     size = pipe.size
@@ -178,7 +179,7 @@ def compare_augment(dm, batch: int, device: str, reps: int = 9) -> Dict[str, Any
         x = pipe.gather(idx).float().div_(255.0)
         return kornia_views(x), kornia_views(x)
 
-    x = pipe.crops(idx)
+    x = pipe.views(idx, params)[0]  # a float batch for the hue step alone
     turns = torch.linspace(-0.1, 0.1, batch, device=x.device)
     fns = {"fgssl": ours, "fgssl_no_param_draw": ours_no_params, "kornia_augmentation": theirs,
            "hue_own": lambda: hue_shift(x, turns),

@@ -16,14 +16,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from fgssl.data import device as devpipe
 from fgssl.data.checks import check_batch_size
 from fgssl.data.images import filter_bad, load_rgb, record_bad
 from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
-from fgssl.data.transforms import TwoViews, eval_transform, mocov2_view
+from fgssl.data.transforms import TwoViews, cache_resize, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
 from fgssl.lifecycle import QuietWorkerInit
 
@@ -46,7 +45,7 @@ class ImageDataset(Dataset):
         self.bad_log = bad_log
         self.cache = None
         if cache_side:
-            resize = v2.Compose([v2.PILToTensor(), v2.Resize(cache_side, antialias=True)])
+            resize = cache_resize(cache_side)
             self.cache = [resize(load_rgb(p)) for p, _ in samples]
 
     def __len__(self) -> int:
@@ -141,18 +140,17 @@ class FGVRDataModule(pl.LightningDataModule):
             tr = filter_bad(tr, c.on_bad_image, self.bad_log)
             te = filter_bad(te, c.on_bad_image, self.bad_log)
         check_batch_size(c, len(tr), self.world_size)
-        self.pipeline, self.pipeline_reason = self._choose(len(tr) + len(te))
+        cap = self.eval_cfg.max_images
+        self.pipeline, self.pipeline_reason = self._choose(len(tr), len(_cap_rows(len(tr), cap)) + len(te))
         if self.pipeline == "device":
             self._setup_device(tr, te)
             self._ready = True
             return
-        cache = (c.cache_size or 2 * c.image_size) if c.cache else None
         self.train_samples, self.test_samples = tr, te
-        kw = dict(cache_side=cache, on_bad=c.on_bad_image, bad_log=self.bad_log)
+        kw = dict(cache_side=self.workers_cache_side, on_bad=c.on_bad_image, bad_log=self.bad_log)
         view = mocov2_view(c.image_size, c.crop_min_scale, c.jitter_strength, c.jitter_p, c.gray_p, c.blur_p)
         self.train_set = ImageDataset(tr, TwoViews(view), **kw)
         ev = eval_transform(c.image_size)
-        cap = self.eval_cfg.max_images
         self.memory_set = ImageDataset(_cap(tr, cap), ev, **kw)
         self.test_set = ImageDataset(_cap(te, cap), ev, **kw)
         self._ready = True
@@ -162,13 +160,21 @@ class FGVRDataModule(pl.LightningDataModule):
     def cache_side(self) -> int:
         return int(self.cfg.cache_size or 2 * self.cfg.image_size)
 
-    def _choose(self, n_images: int) -> Tuple[str, str]:
+    @property
+    def workers_cache_side(self) -> Optional[int]:
+        """Shorter side of the workers path's RAM copies (``data.cache``), None = decoded from disk each time;
+        the device pipeline's evaluation crops are computed on the same input."""
+        return self.cache_side if self.cfg.cache else None
+
+    def _choose(self, n_train: int, n_eval: int = 0) -> Tuple[str, str]:
+        """``n_train`` training images at the cache side, ``n_eval`` evaluation crops at the image size."""
         c = self.cfg
         if c.pipeline not in PIPELINES:
             raise FgsslError(f"data.pipeline={c.pipeline!r} must be one of {', '.join(PIPELINES)}")
-        need = devpipe.cache_bytes(n_images, self.cache_side)
+        need = devpipe.cache_bytes(n_train, self.cache_side) + devpipe.cache_bytes(n_eval, int(c.image_size))
         budget = float(c.cache_budget_gb) * 2**30
-        size = f"decoded cache {need / 2**20:.1f} MiB ({n_images} images at {self.cache_side}px)"
+        size = (f"decoded cache {need / 2**20:.1f} MiB ({n_train} images at {self.cache_side}px, {n_eval} eval "
+                f"crops at {c.image_size}px)")
         if c.pipeline != "auto":
             return c.pipeline, f"data.pipeline={c.pipeline}, {size}"
         if need <= budget:
@@ -176,18 +182,19 @@ class FGVRDataModule(pl.LightningDataModule):
         return "workers", f"auto: {size} exceeds data.cache_budget_gb={c.cache_budget_gb:g}"
 
     def _setup_device(self, tr, te) -> None:
+        """Training images decoded once at S x S (both views are cropped from them on the device); evaluation
+        sets as the reference evaluation crops (:func:`fgssl.data.decoded.eval_crop_cache`)."""
         c = self.cfg
         cache_dir = Path(c.cache_dir).expanduser() if c.cache_dir else None
         knobs = devpipe.ViewKnobs(c.crop_min_scale, c.jitter_strength, c.jitter_p, c.gray_p, c.blur_p)
         budget = int(float(c.cache_budget_gb) * 2**30)
-        pipes = []
-        for samples in (tr, te):
-            split = devpipe.decoded_cache(samples, self.cache_side, cache_dir, c.on_bad_image, self.bad_log)
-            if not split.samples:
-                raise FgsslError(f"no readable image left in data={c.name} (root {c.root})")
-            pipes.append(devpipe.DevicePipeline(split, c.image_size, knobs, budget))
-        self.train_pipe, self.test_pipe = pipes
-        self.train_samples, self.test_samples = self.train_pipe.split.samples, self.test_pipe.split.samples
+        split = devpipe.decoded_cache(tr, self.cache_side, cache_dir, c.on_bad_image, self.bad_log)
+        test = devpipe.eval_crop_cache(te, int(c.image_size), self.workers_cache_side, cache_dir, c.on_bad_image,
+                                       self.bad_log)
+        if not split.samples or not test.samples:
+            raise FgsslError(f"no readable image left in data={c.name} (root {c.root})")
+        self.train_pipe = devpipe.DevicePipeline(split, c.image_size, knobs, budget)
+        self.train_samples, self.test_samples = split.samples, test.samples
         if c.batch_size * self.world_size > len(self.train_samples):
             raise FgsslError(
                 f"data.batch_size={c.batch_size} (x {self.world_size} processes) is larger than the "
@@ -195,8 +202,10 @@ class FGVRDataModule(pl.LightningDataModule):
             )
         self.train_set = devpipe.ViewParamSet(self.train_pipe)
         cap = self.eval_cfg.max_images
-        self.memory_set = devpipe.CropSet(self.train_pipe, _cap_rows(len(self.train_samples), cap))
-        self.test_set = devpipe.CropSet(self.test_pipe, _cap_rows(len(self.test_samples), cap))
+        memory = devpipe.eval_crop_cache(_cap(self.train_samples, cap), int(c.image_size), self.workers_cache_side,
+                                         cache_dir, c.on_bad_image, self.bad_log)
+        self.memory_set = devpipe.CropSet(memory, budget)
+        self.test_set = devpipe.CropSet(test, budget, _cap_rows(len(test.samples), cap))
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -212,7 +221,8 @@ class FGVRDataModule(pl.LightningDataModule):
         where = ""
         if self.pipeline == "device":
             where = self.train_pipe.place(dev)
-            self.test_pipe.place(dev)
+            for held in (self.memory_set, self.test_set):
+                held.place(dev)
             where = f", held in {where} ({dev})"
         self.say(where)
         return dev

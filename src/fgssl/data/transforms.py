@@ -38,15 +38,32 @@ def mocov2_view(size: int, min_scale: float = 0.2, jitter_strength: float = 1.0,
     ])
 
 
+def eval_resize(size: int) -> int:
+    """The resize side of the evaluation transform: 256/224 of the crop (73 px for 64 px crops)."""
+    return round(size * 256 / 224)
+
+
+def eval_crop(size: int) -> v2.Compose:
+    """The geometric part of :func:`eval_transform`: Resize(size * 256/224) + CenterCrop(size), uint8 out.
+
+    The device pipeline stores this output once per image (``fgssl.data.decoded``) and applies
+    :func:`eval_normalize` per batch: the same ops in the same order as :func:`eval_transform`."""
+    return v2.Compose([v2.ToImage(), v2.Resize(eval_resize(size), antialias=True), v2.CenterCrop(size)])
+
+
+def eval_normalize() -> v2.Compose:
+    """uint8 -> float in [0, 1] -> ImageNet normalisation (the rest of :func:`eval_transform`); batched too."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def eval_transform(size: int) -> v2.Compose:
     """Resize(size * 256/224) + CenterCrop(size): the standard test transform."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(round(size * 256 / 224), antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return v2.Compose([eval_crop(size), eval_normalize()])
+
+
+def cache_resize(side: int) -> v2.Compose:
+    """The workers path's RAM cache (``data.cache``): PIL -> uint8 tensor, shorter side resized to ``side``."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(side, antialias=True)])
 
 
 def linear_train_transform(size: int) -> v2.Compose:
