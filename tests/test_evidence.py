@@ -166,6 +166,7 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
     jobs = evidence.plan([0, 1])
     assert len(jobs) == 2 + 7 * 2 and [j.name for j in jobs[:2]] == ["floors/colorhist", "floors/random"]
     assert jobs[2].name == "mocov2/synthesis_none_rationale_none_seed_0"
+    assert jobs[3].name == "simsiam/synthesis_none_rationale_none_seed_0"  # both base rows first
     record, work = tmp_path / "record", tmp_path / "work"
     (record / jobs[2].name).mkdir(parents=True)
     (record / jobs[2].name / "metrics.json").write_text("{}")  # recorded by an earlier session

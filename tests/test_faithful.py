@@ -308,3 +308,24 @@ def test_gradcam_is_computed_only_for_the_views_a_regularizer_reads(monkeypatch)
     st, full = seen["s"], seen["full"]
     torch.testing.assert_close(st.grad_A[0], full[0], rtol=0, atol=0)
     assert not st.grad_A[1].any() and full[1].any()  # SYN reads view 1 only: view 2's was never computed
+
+
+# ---------------------------------------------------------------------- the online pass of view 2
+RECON_BOTH = ["synthesis=syn", "synthesis.recon_views=both", "synthesis.nu=0"]
+
+
+@pytest.mark.parametrize("name,extra,calls", [("mocov2", [], 1), ("mocov2", ["method.symmetric=true"], 2),
+                                               ("simsiam", [], 2), ("mocov2", RECON_BOTH, 2)])
+def test_online_encoder_sees_view2_only_when_something_reads_it(name, extra, calls):
+    """One-directional MoCo v2 encodes only the query view online, as the MoCo v2 code (im_q through the
+    online encoder, im_k through the key encoder): the online BN statistics come from view 1 alone."""
+    m = build(name, *extra)
+    seen = []
+    stem = next(mod for mod in m.backbone.modules() if isinstance(mod, torch.nn.Conv2d))  # the online stem
+    hook = stem.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    x1, x2 = _batch()
+    try:
+        run_training_step(m, x1, x2)
+    finally:
+        hook.remove()
+    assert len(seen) == calls and m.encodes_view2() == (calls == 2)

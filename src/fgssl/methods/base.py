@@ -61,8 +61,10 @@ class StepState:
     """Everything a regularizer may use in one training step."""
 
     x: Tuple[Tensor, Tensor]
-    A: Tuple[Tensor, Tensor]
-    z: Tuple[Tensor, Tensor]
+    #: Online layer4 maps and pooled features; view 2's are None when the step does not encode it
+    #: online (one-directional MoCo v2, see :meth:`SSLMethod.encodes_view2`).
+    A: Tuple[Tensor, Optional[Tensor]]
+    z: Tuple[Tensor, Optional[Tensor]]
     loss_c: Tensor
     #: ``dL_C/dA`` for both views (fp32, detached), or None if no regularizer asked.
     grad_A: Optional[Tuple[Tensor, Tensor]]
@@ -81,6 +83,9 @@ class Regularizer(nn.Module):
     #: The views whose ``dL_C/dA`` the regularizer reads (the others' entries may be zeros): autograd
     #: then only walks the paths to those maps.
     gradcam_views: Tuple[int, ...] = (0, 1)
+    #: Set True when the regularizer reads the second view's online ``A``/``z`` even if the method's loss
+    #: does not (one-directional MoCo v2 then encodes view 2 online too, which also moves BN statistics).
+    needs_view2: bool = False
 
     def loss_terms(self, method: "SSLMethod", state: StepState) -> Dict[str, Tuple[float, Tensor]]:
         """Return ``{name: (weight, value)}``; the base adds ``weight * value`` to the loss."""
@@ -160,6 +165,12 @@ class SSLMethod(pl.LightningModule):
     def uses_online_z2(self) -> bool:
         """Whether :meth:`ssl_forward` reads the online feature of the second view."""
         return True
+
+    def encodes_view2(self) -> bool:
+        """Whether the training step runs the online encoder on the second view: when the objective reads
+        it, or a regularizer asks (``needs_view2``). One-directional MoCo v2 does not, as in the MoCo v2
+        code: its online BatchNorm statistics then come from the query view only."""
+        return self.uses_online_z2() or any(getattr(r, "needs_view2", False) for r in self.regularizers)
 
     def gradient_views(self) -> Tuple[int, ...]:
         """The views (0 = first, 1 = second) whose online map ``A`` has a path to ``L_C``.
@@ -247,7 +258,7 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         (x1, x2), _ = batch
         a1, z1 = self.encode(x1)
-        a2, z2 = self.encode(x2)
+        a2, z2 = self.encode(x2) if self.encodes_view2() else (None, None)
         out = self.fp32(self.ssl_forward, x1, x2, z1, z2)
         loss_c = out.loss
         grad_a = None
@@ -256,7 +267,8 @@ class SSLMethod(pl.LightningModule):
             views = sorted({v for r in cam_regs for v in r.gradcam_views} & set(self.gradient_views()))
             maps = (a1, a2)
             got = dict(zip(views, self.gradcam_grads(loss_c, [maps[v] for v in views]))) if views else {}
-            grad_a = tuple(got[v] if v in got else torch.zeros_like(maps[v]) for v in (0, 1))
+            grad_a = tuple(got[v] if v in got else None if maps[v] is None else torch.zeros_like(maps[v])
+                           for v in (0, 1))
         state = StepState((x1, x2), (a1, a2), (z1, z2), loss_c, grad_a, self.current_epoch, self.train_steps,
                           epoch_fraction(self._trainer, batch_idx))
         total = loss_c

@@ -5,7 +5,7 @@ reads each step's training progress there):
 
 * **Warm start.** At ``on_train_start`` (after the dataloaders exist and a
   checkpoint, if any, was restored) it runs one no-grad pass over the *training
-  views* -- the same two augmented views whose statistics the EMA tracks during
+  views* -- the same augmented views whose statistics the EMA tracks during
   training -- with the encoder in train mode (batch statistics, as in a training
   step) and sets the running mean/variance to the exact moments of that pass,
   all-reduced across DDP ranks. Every BatchNorm running statistic of the model is
@@ -116,7 +116,7 @@ class SynthesisCallback(pl.Callback):
                 for i, batch in enumerate(loader):
                     if max_batches is not None and i >= int(max_batches):
                         break
-                    views = batch[0]
+                    views = batch[0][: 2 if method.encodes_view2() else 1]  # the views a step encodes
                     for v in views:
                         _, z = method.encode(v.to(method.device, non_blocking=True))
                         m = stats.local_moments(z.float())

@@ -21,7 +21,8 @@ Total loss (paper, Sec. 3 / Fig. 1a)::
 One training step, given ``z1, z2`` of the two views (``StepState``):
 
 1. **Dimension statistics** (paper, method section and Fig. 2: a low-variance
-   dimension does not separate the data). Per dimension ``j``, over both views and every DDP rank::
+   dimension does not separate the data). Per dimension ``j``, over the views the step encodes online (both; view 1 only
+   for one-directional MoCo v2, whose step does not encode view 2 online) and every DDP rank::
 
        mu_b_j  = mean_i z_ij             s2_b_j = mean_i z_ij^2 - mu_b_j^2
        mu_j   <- m mu_j + (1 - m) mu_b_j  s2_j  <- m s2_j + (1 - m) s2_b_j    (m = 0.99)
@@ -92,8 +93,8 @@ One training step, given ``z1, z2`` of the two views (``StepState``):
    While ``nu(t) = 0`` no pair is built at all (the step then costs the base step
    plus one decoder pass).
 
-Cost per step. The base does 2 online encoder passes (forward + backward), plus 1 key
-pass for MoCo v2 (2 with ``method.symmetric=true``). SYN adds one decoder
+Cost per step. The base does 2 online encoder passes (forward + backward) for SimSiam and
+symmetric MoCo v2, 1 for one-directional MoCo v2, plus 1 key pass for MoCo v2 (2 symmetric). SYN adds one decoder
 forward+backward over the ``L_R`` views (``recon_views=first``: N vectors), one decoder
 forward without grad for the ``m`` vectors ``z~`` and ``ssl_loss`` on the pair -- the
 method's full objective again, at ``pair_size``, on ``m`` images, i.e. about
@@ -178,6 +179,11 @@ class SynthesisRegularizer(Regularizer):
     gradcam_views = (0,)
 
     @property
+    def needs_view2(self) -> bool:  # type: ignore[override]
+        """``recon_views=both`` reconstructs view 2 from its online ``z`` (so it must be encoded)."""
+        return self.cfg.recon_views == "both"
+
+    @property
     def needs_gradcam(self) -> bool:  # type: ignore[override]
         """The base computes dL_C/dA when the criterion reads Grad-CAM (``CAM_CRITERIA``)."""
         return self.cfg.criterion in CAM_CRITERIA
@@ -231,7 +237,7 @@ class SynthesisRegularizer(Regularizer):
         x1, x2 = state.x
         z1, z2 = state.z
         n = z1.shape[0]
-        self.stats.update(torch.cat([z1, z2]))
+        self.stats.update(z1 if z2 is None else torch.cat([z1, z2]))  # the views encoded online this step
 
         # L_R: one decoder pass over the reconstructed views.
         if c.recon_views == "both":
