@@ -263,7 +263,7 @@ def test_submitit_pre_timeout_signal_checkpoints_and_submitit_requeues(reference
     """Under hydra/launcher=local (submitit's LocalExecutor, which requeues like SLURM does): USR2, submitit's
     pre-timeout signal, arrives mid-epoch at step 9; the step finishes, last.ckpt is written at it, then
     submitit's own handler (chained after fgssl's) checkpoints the job's submission and requeues it; the
-    executor reruns it, it resumes, and the sweep ends equal to an uninterrupted run."""
+    executor reruns it, it resumes, ends equal to an uninterrupted run and continues its wandb run."""
     data, ref = reference("device")
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -277,7 +277,10 @@ def test_submitit_pre_timeout_signal_checkpoints_and_submitit_requeues(reference
         "    open(once, 'w').close()\n"
         "    import _fgssl_kill  # noqa: F401\n")
     sweep = tmp_path / "sweep"
-    args = [a for a in _overrides(data, tmp_path / "unused") if not a.startswith("hydra.run.dir")]
+    # wandb instead of the CSV log (the CSV log's resume is checked by the scontrol test): the requeued job
+    # continues its own wandb run
+    args = [a for a in _overrides(data, tmp_path / "unused") if not a.startswith(("hydra.run.dir", "logger="))]
+    args += ["logger=wandb", "logger.mode=offline"]
     env = _env(KILL_SIGNAL="SIGUSR2", KILL_ONCE=str(tmp_path / "sent"),
                PYTHONPATH=f"{hook}:{os.environ.get('PYTHONPATH', '')}")
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *args,
@@ -293,4 +296,6 @@ def test_submitit_pre_timeout_signal_checkpoints_and_submitit_requeues(reference
     assert "Requeued job" in log, log[-3000:]  # submitit's message: the executor ran the job again
     assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in log, log[-3000:]
     assert_same_end(ref, job)
-    assert_same_csv(ref, job)
+    run_id = (job / "wandb_run_id.txt").read_text().strip()
+    runs = sorted(p.name for p in (job / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.endswith(f"-{run_id}") for r in runs), (run_id, runs)  # stopped + requeued
