@@ -10,60 +10,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-
-class Dataset(StrEnum):
-    cub53 = "cub53"
-    cub = "cub"
-    cars = "cars"
-    aircraft = "aircraft"
-    imagefolder = "imagefolder"
-
-
-class Pipeline(StrEnum):
-    auto = "auto"
-    device = "device"
-    workers = "workers"
-
-
-class OnBadImage(StrEnum):
-    skip = "skip"
-    error = "error"
-
-
-class Backbone(StrEnum):
-    resnet18 = "resnet18"
-    resnet50 = "resnet50"
-
-
-class Stem(StrEnum):
-    imagenet = "imagenet"
-    small = "small"
-
-
-class Accelerator(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
-    cuda = "cuda"
-    auto = "auto"
-
-
-class Logger(StrEnum):
-    wandb = "wandb"
-    csv = "csv"
-    none = "none"
-
-
-class WandbMode(StrEnum):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
-
-
-class Protocol(StrEnum):
-    fast = "fast"
-    linear_sgd = "linear_sgd"
-
-
-class Feature(StrEnum):
-    auto = "auto"
-    gap = "gap"
+# the functional form: each member's value is its name
+Dataset = StrEnum("Dataset", "cub53 cub cars aircraft imagefolder")
+Pipeline = StrEnum("Pipeline", "auto device workers")
+OnBadImage = StrEnum("OnBadImage", "skip error")
+Backbone = StrEnum("Backbone", "resnet18 resnet50")
+Stem = StrEnum("Stem", "imagenet small")
+Accelerator = StrEnum("Accelerator", "cpu gpu cuda auto")
+Logger = StrEnum("Logger", "wandb csv none")
+WandbMode = StrEnum("WandbMode", "offline online disabled")
+Protocol = StrEnum("Protocol", "fast linear_sgd")
+Feature = StrEnum("Feature", "auto gap")

@@ -12,16 +12,8 @@ from pathlib import Path
 
 from fgssl.config import bounded, register_regularizer
 
-
-class Mode(StrEnum):
-    clean = "clean"
-    faithful = "faithful"
-
-
-class Views(StrEnum):
-    auto = "auto"
-    first = "first"
-    both = "both"
+Mode = StrEnum("Mode", "clean faithful")
+Views = StrEnum("Views", "auto first both")
 
 
 @dataclass

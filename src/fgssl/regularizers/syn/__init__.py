@@ -14,55 +14,14 @@ from typing import Optional
 
 from fgssl.config import bounded, register_regularizer
 
-
-class Criterion(StrEnum):
-    variance = "variance"
-    gradcam = "gradcam"
-    both = "both"
-    union = "union"
-    intersection = "intersection"
-    random = "random"
-    top = "top"
-
-
-class GradcamVariant(StrEnum):
-    abs = "abs"
-    grad_only = "grad_only"
-    signed = "signed"
-
-
-class Perturbation(StrEnum):
-    shuffle = "shuffle"
-    gauss = "gauss"
-    gauss_dim = "gauss_dim"
-    zero = "zero"
-    mean = "mean"
-
-
-class Pair(StrEnum):
-    synthetic = "synthetic"
-    real = "real"
-
-
-class PairSize(StrEnum):
-    input = "input"
-    decoder = "decoder"
-
-
-class DecoderNorm(StrEnum):
-    group = "group"
-    batch = "batch"
-    none = "none"
-
-
-class Upsample(StrEnum):
-    nearest = "nearest"
-    bilinear = "bilinear"
-
-
-class ReconViews(StrEnum):
-    first = "first"
-    both = "both"
+Criterion = StrEnum("Criterion", "variance gradcam both union intersection random top")
+GradcamVariant = StrEnum("GradcamVariant", "abs grad_only signed")
+Perturbation = StrEnum("Perturbation", "shuffle gauss gauss_dim zero mean")
+Pair = StrEnum("Pair", "synthetic real")
+PairSize = StrEnum("PairSize", "input decoder")
+DecoderNorm = StrEnum("DecoderNorm", "group batch none")
+Upsample = StrEnum("Upsample", "nearest bilinear")
+ReconViews = StrEnum("ReconViews", "first both")
 
 
 @dataclass
