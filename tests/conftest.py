@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
+from fgssl.compose import compose
 from fgssl.plugins import setup as register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +34,7 @@ register_configs()
 
 def compose_cfg(overrides: Optional[List[str]] = None, out_dir: Optional[Path] = None) -> DictConfig:
     """Compose ``conf/config.yaml`` with ``overrides`` as train.py would (no Hydra run dir)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides or []))
-    if out_dir is not None:
-        with open_dict(cfg):
-            cfg.out_dir = str(out_dir)
-    return cfg
+    return compose(list(overrides or []), CONF, out_dir=out_dir)
 
 
 def run_training_step(method, x1, x2):

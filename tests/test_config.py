@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose_cfg
+from fgssl.compose import compose
 
 #: groups the foundation must provide, with the options each must have at least
 REQUIRED = {
@@ -111,11 +110,8 @@ def test_misspelt_key_in_a_config_file_fails(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
     (conf / "experiment" / "typo.yaml").write_text("# @package _global_\ndata:\n  image_sise: 96\n")
-    GlobalHydra.instance().clear()
     with pytest.raises(Exception) as ei:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            compose(config_name="config", overrides=["experiment=typo"])
-    GlobalHydra.instance().clear()
+        compose(["experiment=typo"], conf)
     assert "image_sise" in str(ei.value)
 
 

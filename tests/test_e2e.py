@@ -126,7 +126,7 @@ def test_train_smoke_then_evaluate(method, kind, datasets, tmp_path, capsys):
     again = fgssl.run.evaluate(ev_cfg)
     for k in RETRIEVAL:
         assert again[k] == pytest.approx(metrics[k], abs=1e-6), k
-    name = fgssl.run.eval_metrics_name(str(last), ev_cfg.eval)
+    name = fgssl.rundir.eval_metrics_name(str(last), ev_cfg.eval)
     assert name == "metrics_eval_last_linear_max_iter-50_max_images-64.json", "checkpoint + non-default eval keys"
     ev_saved = json.loads((out / name).read_text())
     assert ev_saved["ckpt"] == str(last)
@@ -140,7 +140,7 @@ def test_evaluate_random_init(datasets, tmp_path):
                        "trainer.enable_progress_bar=false"], tmp_path / "rand")
     m = fgssl.run.evaluate(cfg)
     assert set(METRIC_KEYS) <= set(m)
-    data = json.loads((tmp_path / "rand" / fgssl.run.eval_metrics_name("random", cfg.eval)).read_text())
+    data = json.loads((tmp_path / "rand" / fgssl.rundir.eval_metrics_name("random", cfg.eval)).read_text())
     assert data["ckpt"] == "random" and data["test/retrieval_map"] == pytest.approx(m["test/retrieval_map"])
 
 

@@ -49,7 +49,7 @@ def test_evaluate_colorhist_floor_writes_its_own_file(tmp_path):
     cfg = compose_cfg(["ckpt=colorhist", "debug=smoke", "trainer.enable_progress_bar=false"], tmp_path)
     m = fgssl.run.evaluate(cfg)
     assert set(METRIC_KEYS) <= set(m)
-    name = fgssl.run.eval_metrics_name("colorhist", cfg.eval)
+    name = fgssl.rundir.eval_metrics_name("colorhist", cfg.eval)
     assert name.startswith("metrics_eval_colorhist")
     data = json.loads((tmp_path / name).read_text())
     assert data["ckpt"] == "colorhist" and data["test/retrieval_map"] == pytest.approx(m["test/retrieval_map"])
@@ -210,7 +210,7 @@ def test_checkpoint_config_from_an_older_version_gets_new_keys_defaults(tmp_path
     from omegaconf import OmegaConf
 
     from fgssl.errors import FgsslError
-    from fgssl.run import load_run_config
+    from fgssl.rundir import load_run_config
 
     cfg = OmegaConf.to_container(compose_cfg(["debug=smoke"]), resolve=True)
     del cfg["data"]["pipeline"], cfg["eval"]["every_n_epochs"]

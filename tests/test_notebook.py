@@ -23,4 +23,5 @@ def test_quickstart_notebook_executes(monkeypatch, tmp_path):
         assert f"{name}\n" in shown, name
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "trained mAP" in text and "untrained mAP" in text
+    assert "embeddings (8, " in text and "from last.ckpt" in text  # fgssl.rundir.load_trained
     assert (tmp_path / "base" / "checkpoints" / "last.ckpt").is_file()  # it wrote where it was told

@@ -261,10 +261,9 @@ def test_smoke_syn_and_lcr(tiny_ds, tmp_path, name):
 
 
 def test_eval_feature_gap_differs_from_auto(mocov2_lcr_run, tmp_path):
-    from fgssl.data.datamodule import FGVRDataModule
     from fgssl.eval.features import extract_features
-    from fgssl.factory import build_model as build_method
-    from fgssl.run import evaluate, load_checkpoint_weights, load_run_config
+    from fgssl.run import evaluate
+    from fgssl.rundir import load_trained
 
     ckpt = mocov2_lcr_run / "checkpoints" / "last.ckpt"
     evaluate(compose_cfg([f"ckpt={ckpt}", "trainer.enable_progress_bar=false"]))
@@ -275,11 +274,8 @@ def test_eval_feature_gap_differs_from_auto(mocov2_lcr_run, tmp_path):
     gap = json.loads((mocov2_lcr_run / "metrics_eval_last_feature-gap.json").read_text())
     assert gap["eval"]["feature"] == "gap" and gap["test/retrieval_map"] != json.loads(auto)["test/retrieval_map"]
 
-    run_cfg = load_run_config(ckpt)
-    dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
-    dm.setup()
-    m = build_method(run_cfg)
-    load_checkpoint_weights(m, ckpt)
+    trained = load_trained(ckpt)
+    m, dm = trained.model, trained.data
     dev = torch.device("cpu")
     f_auto, y = extract_features(m, dm.test_loader(), dev, "auto", progress=False)
     f_gap, _ = extract_features(m, dm.test_loader(), dev, "gap", progress=False)

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONF, ROOT
+from fgssl.compose import compose
 from fgssl.preflight import check_cli_keys
 
 README = (ROOT / "README.md").read_text()
@@ -87,11 +86,7 @@ ENTRY_LINES = [(w, as_python(c), a) for w, c, a in COMMANDS
 
 
 def _compose(overrides: List[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose(overrides, CONF, return_hydra_config=True)
 
 
 def entry_overrides(cmd: str) -> Tuple[str, bool, List[List[str]]]:

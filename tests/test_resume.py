@@ -228,7 +228,7 @@ def test_changed_config_starts_fresh_and_keeps_old_checkpoints(tmp_path, capsys,
     assert len(kept) == 1 and (kept[0] / "last.ckpt").is_file()
     old = torch.load(kept[0] / "last.ckpt", map_location="cpu", weights_only=True)
     assert old["global_step"] == first["global_step"]
-    assert fgssl.run.same_run_config(out / "checkpoints" / "config.yaml", _smoke(data, out, "method.lr=0.01"))
+    assert fgssl.rundir.same_run_config(out / "checkpoints" / "config.yaml", _smoke(data, out, "method.lr=0.01"))
 
 
 def test_keep_every_n_epochs_keeps_epoch_checkpoints(tmp_path, _one_thread):

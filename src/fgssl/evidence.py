@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from fgssl.config import run_slug
-from fgssl.results import FLOOR_FILES, find_job_dirs
+from fgssl.results import FLOOR_FILES
+from fgssl.runs import find_job_dirs
 
 KEEP = ("metrics.json", "curve.json", "checkpoints/config.yaml", ".hydra/overrides.yaml", "csv/metrics.csv")
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,6 @@ when it was trained with wandb (never to a new one).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -37,24 +36,13 @@ from fgssl.errors import FgsslError  # noqa: E402
 from fgssl.eval.features import extract_features  # noqa: E402
 from fgssl.eval.localisation import lcr_attention, ssl_gradcam  # noqa: E402
 from fgssl.fsio import save_figure  # noqa: E402
-
+from fgssl.layout import RunLayout  # noqa: E402
+from fgssl.rundir import load_trained  # noqa: E402
+from fgssl.runs import read_jobs  # noqa: E402
 
 # ---------------------------------------------------------------------- loading
-def load_model(ckpt: str, num_workers: int = 0):
-    """(method, datamodule, run config) for a train.py checkpoint (strict, weights_only)."""
-    from fgssl.factory import build_model
-    from fgssl.preflight import check_checkpoint_file
-    from fgssl.run import load_checkpoint_weights, load_run_config
-
-    path = check_checkpoint_file("ckpt", ckpt).resolve()
-    cfg = load_run_config(path)
-    cfg.data.num_workers = num_workers
-    cfg.data.cache = False
-    dm = FGVRDataModule(cfg.data, cfg.eval, None)
-    dm.setup()
-    method = build_model(cfg, dm.num_train, 1)
-    load_checkpoint_weights(method, path)
-    return method.eval(), dm, cfg
+#: how figures use a trained model: loaders in the main process, no RAM cache (a few images are drawn)
+LOAD = {"data.num_workers": 0, "data.cache": False}
 
 
 def label_of(cfg: DictConfig) -> str:
@@ -174,17 +162,16 @@ def collect_sweep(sweep_dir: str, metric: str = "test/linear_top1",
         raise FgsslError(f"figures.sweep_dir not found: {root}")
     out: Dict[str, Dict[float, List[float]]] = defaultdict(lambda: defaultdict(list))
     seen = set()
-    for mfile in sorted(root.rglob("metrics.json")):
-        cfile = mfile.parent / "checkpoints" / "config.yaml"
-        if not cfile.exists():
+    for job in read_jobs(root):  # the reader fgssl.results uses too
+        if job.config is None or job.error is not None:
             continue
-        cfg = OmegaConf.load(cfile)
+        cfg = OmegaConf.create(job.config)
         seen.add(cfg.method.name)
         if method is not None and cfg.method.name != method:
             continue
         if cfg.get("rationale", {}).get("name", "none") != "none":  # LCR jobs are neither base nor SYN points
             continue
-        val = json.loads(mfile.read_text()).get(metric)
+        val = job.metrics.get(metric)
         if val is None:
             continue
         if cfg.synthesis.name == "none":
@@ -261,8 +248,9 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     figs: Dict[str, plt.Figure] = {}
     if cfg.ckpt:
-        method, dm, run_cfg = load_model(cfg.ckpt)
-        models = [(label_of(run_cfg), method)] + [(label_of(c), m) for m, _, c in map(load_model, f.compare)]
+        main = load_trained(cfg.ckpt, LOAD)
+        method, dm, run_cfg = main.model, main.data, main.cfg
+        models = [(label_of(t.cfg), t.model) for t in [main, *(load_trained(c, LOAD) for c in f.compare)]]
         x = fixed_batch(dm, f.num_images)
         figs["gradcam"] = fig_gradcam(models, x, device)
         for _, m in models:
@@ -288,8 +276,8 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
 def log_to_run(paths: Dict[str, Path], run_cfg: DictConfig, ckpt: Path) -> None:
     """Log the figures to the checkpoint's own wandb run (same id, same folder) when that run used wandb;
     a run trained with ``logger=csv`` or ``logger=none`` gets none (``logger=none`` here skips it too)."""
-    run_dir = ckpt.parent.parent
-    id_file = run_dir / "wandb_run_id.txt"
+    run = RunLayout.of_checkpoint(ckpt)
+    run_dir, id_file = run.root, run.wandb_id
     if run_cfg.logger.name != "wandb" or not id_file.is_file() or not paths:
         return
     import wandb

@@ -14,7 +14,6 @@ the training loop goes wrong.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import os
@@ -25,19 +24,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
+from fgssl import layout
 from fgssl.errors import FgsslError
 from fgssl.fsio import DiskFullError, disk_full_error, is_disk_full
+from fgssl.layout import RANK_VARS, is_launching_process  # noqa: F401 - re-exported
+from fgssl.layout import run_dir as job_dir  # noqa: F401 - the run directory, without importing Lightning
+from fgssl.workers import QuietWorkerInit  # noqa: F401 - re-exported (tests, older imports)
 
-LOCK_FILE = ".fgssl.lock"
-ERROR_FILE = "error.txt"
-#: the variables torchrun, SLURM and Lightning's launchers set for every process but the first
-RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
-
-
-def is_launching_process() -> bool:
-    """Whether this is the first process of its run (global rank 0), the one that holds the run's
-    lock: DDP workers started by Lightning, torchrun or srun carry a non-zero rank variable."""
-    return all(os.environ.get(v, "0") in ("", "0") for v in RANK_VARS)
+LOCK_FILE = layout.LOCK
+ERROR_FILE = layout.ERROR
 
 
 # ====================================================================== one run per folder
@@ -189,52 +184,6 @@ class GracefulStop:
         self.uninstall()
 
 
-_KILL_AT_EXIT = False
-
-
-def _kill_daemonic_children() -> None:
-    """At exit, multiprocessing SIGTERMs its daemonic children (loader workers) and joins them. Our
-    workers ignore SIGTERM (:class:`QuietWorkerInit`), so a worker whose loader was never shut down
-    (an exception in the middle of an iteration keeps the iterator alive) would block that join
-    forever and the process would never exit. SIGKILL them first: what terminate() was meant to do."""
-    import multiprocessing
-
-    for p in multiprocessing.active_children():
-        if p.daemon:
-            p.kill()
-            p.join(timeout=10)
-
-
-class QuietWorkerInit:
-    """A DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
-
-    A stop signal sent to the whole process group (``timeout``, SLURM, Ctrl-C) also reaches the
-    DataLoader workers. torch's worker sets a SIGTERM handler that kills the worker unless the
-    signal came from its parent, and the main process then fails with ``DataLoader worker ... exited
-    unexpectedly`` before it can finish the step. The main process decides when to stop
-    (:class:`GracefulStop`) and shuts its workers down itself; a worker whose main process dies
-    notices and exits on its own (torch's watchdog).
-
-    ``lightning_seed``: also run Lightning's ``pl_worker_init_function`` (what Lightning adds to the
-    loaders it runs, after ``seed_everything(workers=True)``, when they have no ``worker_init_fn``).
-    """
-
-    def __init__(self, lightning_seed: bool = False):
-        self.lightning_seed = lightning_seed
-        global _KILL_AT_EXIT
-        if not _KILL_AT_EXIT:  # registered after multiprocessing's own exit hook, so it runs before it
-            atexit.register(_kill_daemonic_children)
-            _KILL_AT_EXIT = True
-
-    def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if self.lightning_seed and int(os.environ.get("PL_SEED_WORKERS", "0")):
-            from lightning_fabric.utilities.seed import pl_worker_init_function
-
-            pl_worker_init_function(worker_id)
-
-
 # ====================================================================== devices
 def check_devices(cfg) -> None:
     """A requested accelerator or device count that this machine does not have: one line naming the
@@ -341,20 +290,6 @@ def requeue(stopped: Stopped, previous: Dict[int, Any]) -> Optional[str]:
     if rc != 0:
         return f"scontrol requeue {job} failed (exit code {rc}); rerun the same command to resume"
     return f"requeued SLURM job {job}; it resumes from last.ckpt"
-
-
-def job_dir(cfg) -> Path:
-    """The run directory, as :func:`fgssl.run.run_dir` finds it, without importing Lightning."""
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    if not is_launching_process() and os.environ.get("FGSSL_RUN_DIR"):
-        return Path(os.environ["FGSSL_RUN_DIR"])
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not under Hydra
-        return Path("outputs") / "run"
 
 
 def run_job(fn: Callable, cfg, preflight: Optional[Callable] = None):

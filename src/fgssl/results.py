@@ -26,13 +26,15 @@ import argparse
 import csv
 import fnmatch
 import itertools
-import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+# the one reader of run folders (also used by figures and evidence); these names stay importable from here
+from fgssl.runs import Job, find_job_dirs, override_key, read_job, read_jobs, read_metrics, read_yaml  # noqa: F401
 
 #: The headline metrics, shown first and in this order.
 HEADLINE = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
@@ -40,15 +42,6 @@ HEADLINE = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map"
 #: Bookkeeping numbers of metrics.json, shown last.
 TRAILING = ("epochs", "steps", "global_step")
 DEFAULT_IGNORE = ("seed",)
-
-
-@dataclass
-class Job:
-    path: Path
-    overrides: List[str]
-    seed: Optional[Any] = None
-    metrics: Dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
 
 
 @dataclass
@@ -61,99 +54,9 @@ class Group:
         return [j.seed for j in self.jobs]
 
 
-# ====================================================================== reading
-def _override_key(o: str) -> str:
-    """``+a.b=1`` / ``++a.b=1`` / ``~a.b`` -> ``a.b``."""
-    k = o.split("=", 1)[0]
-    return k.lstrip("+~")
-
-
-def _read_yaml(path: Path):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
-def _read_seed(job_dir: Path, overrides: List[str]) -> Optional[Any]:
-    for cand in (job_dir / "checkpoints" / "config.yaml", job_dir / ".hydra" / "config.yaml"):
-        if cand.is_file():
-            try:
-                cfg = _read_yaml(cand)
-            except Exception:  # noqa: BLE001 - fall back to the overrides
-                continue
-            if isinstance(cfg, dict) and "seed" in cfg:
-                return cfg["seed"]
-    for o in overrides:
-        if _override_key(o) == "seed" and "=" in o:
-            return o.split("=", 1)[1]
-    return None
-
-
-def _read_metrics(path: Path) -> Dict[str, float]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError("metrics.json does not hold a JSON object")
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue  # run_dir, ckpt paths, ...
-        out[k] = float(v)
-    if not out:
-        raise ValueError("metrics.json holds no numeric metric")
-    return out
-
-
-def find_job_dirs(root: Path) -> List[Path]:
-    """Directories under ``root`` that are Hydra jobs (``.hydra/overrides.yaml``) or hold ``metrics.json``."""
-    found = set()
-    for p in root.rglob("overrides.yaml"):
-        if p.parent.name == ".hydra":
-            found.add(p.parent.parent)
-    for p in root.rglob("metrics.json"):
-        found.add(p.parent)
-    # A job's own sub-folders (wandb, csv, ...) are not jobs; keep the outermost dirs.
-    dirs = sorted(found, key=lambda d: (len(d.parts), str(d)))
-    keep: List[Path] = []
-    for d in dirs:
-        if not any(k in d.parents for k in keep):
-            keep.append(d)
-    return sorted(keep, key=_job_sort_key)
-
-
-def _job_sort_key(d: Path):
-    head = d.name.split("_", 1)[0]
-    return (0, int(head), str(d)) if head.isdigit() else (1, 0, str(d))
-
-
-def read_job(d: Path) -> Job:
-    ov_file = d / ".hydra" / "overrides.yaml"
-    overrides: List[str] = []
-    err = None
-    if ov_file.is_file():
-        try:
-            raw = _read_yaml(ov_file) or []
-            overrides = [str(o) for o in raw]
-        except Exception as e:  # noqa: BLE001
-            err = f"unreadable .hydra/overrides.yaml ({type(e).__name__})"
-    job = Job(d, overrides, _read_seed(d, overrides), error=err)
-    efile = d / "error.txt"  # written by a failed job of a sweep (fgssl.lifecycle.run_job)
-    if efile.is_file():
-        first = (efile.read_text(errors="replace").strip().splitlines() or ["failed"])[0]
-        job.error = f"failed: {first} (see {efile.name})"
-        return job
-    mfile = d / "metrics.json"
-    if not mfile.is_file():
-        job.error = job.error or "no metrics.json (failed, killed or still running)"
-        return job
-    try:
-        job.metrics = _read_metrics(mfile)
-    except Exception as e:  # noqa: BLE001
-        job.error = f"unreadable metrics.json ({type(e).__name__}: {e})"
-    return job
-
-
+# ====================================================================== grouping
 def config_key(overrides: Sequence[str], ignore: Sequence[str]) -> Tuple[str, ...]:
-    return tuple(sorted(o for o in overrides if _override_key(o) not in set(ignore)))
+    return tuple(sorted(o for o in overrides if override_key(o) not in set(ignore)))
 
 
 def group_jobs(jobs: Sequence[Job], ignore: Sequence[str] = DEFAULT_IGNORE) -> List[Group]:
@@ -174,7 +77,7 @@ def expected_sweep(root: Path) -> Optional[List[List[str]]]:
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        cfg = _read_yaml(f)
+        cfg = read_yaml(f)
         hyd = cfg.get("hydra", {}) if isinstance(cfg, dict) else {}
         task = list((hyd.get("overrides") or {}).get("task") or [])
         params = (hyd.get("sweeper") or {}).get("params") or {}
@@ -226,7 +129,7 @@ def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
     """(override keys whose value differs between configurations, overrides shared by all)."""
     if not groups:
         return [], []
-    per = [dict((_override_key(o), o) for o in g.key) for g in groups]
+    per = [dict((override_key(o), o) for o in g.key) for g in groups]
     keys: List[str] = []
     for d in per:
         keys += [k for k in d if k not in keys]
@@ -238,14 +141,14 @@ def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
 def _label(group: Group, varying: Sequence[str]) -> str:
     if len(group.key) == 1 and group.key[0] in FLOOR_FILES.values():
         return group.key[0]
-    d = dict((_override_key(o), o) for o in group.key)
+    d = dict((override_key(o), o) for o in group.key)
     parts = [d[k] for k in varying if k in d]
     return ", ".join(parts) if parts else ("(no overrides)" if not group.key else "(all jobs)")
 
 
 def _value(group: Group, key: str) -> str:
     for o in group.key:
-        if _override_key(o) == key:
+        if override_key(o) == key:
             return o.split("=", 1)[1] if "=" in o else o
     return ""
 
@@ -263,7 +166,7 @@ def find_floors(root: Path) -> List[Group]:
         jobs = []
         for f in sorted(root.rglob(name)):
             try:
-                jobs.append(Job(f.parent, [], None, _read_metrics(f)))
+                jobs.append(Job(f.parent, [], None, read_metrics(f)))
             except Exception:  # noqa: BLE001 - an unreadable floor is left out, like a failed job
                 continue
         if jobs:
@@ -336,6 +239,45 @@ def missing_lines(root: Path, jobs: Sequence[Job], failed: Sequence[Job], missin
 
 
 # ====================================================================== output
+def _table(groups: Sequence[Group], floors: Sequence[Group], names: Sequence[str], varying: Sequence[str],
+           digits: int) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """The main table: markdown lines and csv rows, floors first, one row per configuration."""
+    md: List[str] = []
+    csv_rows: List[Dict[str, Any]] = []
+    header = ["configuration", "n", "seeds", *names]
+    md.append("| " + " | ".join(header) + " |")
+    md.append("|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|")
+    for g in [*floors, *groups]:
+        cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds)]
+        row: Dict[str, Any] = {"configuration": _label(g, varying)}
+        for k in varying:
+            row[k] = _value(g, k)
+        row.update({"n": len(g.jobs), "seeds": " ".join(str(s) for s in g.seeds)})
+        for name in names:
+            vals = [j.metrics[name] for j in g.jobs if name in j.metrics]
+            m, s = mean_std(vals)
+            row[f"{name}_mean"], row[f"{name}_std"] = m, s
+            if m is None:
+                cells.append("–")
+                continue
+            txt = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+            if len(vals) != len(g.jobs):
+                txt += f" (n={len(vals)})"
+            cells.append(txt)
+        md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        csv_rows.append(row)
+    return md, csv_rows
+
+
+def _missing_jobs(root: Path, jobs: Sequence[Job]) -> List[str]:
+    """The sweep points of ``root/multirun.yaml`` that have no job directory."""
+    expected = expected_sweep(root)
+    if expected is None:
+        return []
+    seen = {canonical(j.overrides) for j in jobs}
+    return [" ".join(ov) or "(no overrides)" for ov in expected if canonical(ov) not in seen]
+
+
 def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
                  digits: int = 2, baseline: Optional[str] = None,
                  floor_dirs: Sequence[Path] = ()) -> Dict[str, Any]:
@@ -345,7 +287,7 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
     ``floor_dirs``) come first; with ``baseline`` (``key=value`` overrides naming one configuration)
     a second table gives every other configuration's mean paired difference to it, seed by seed, with
     a 95 % t interval."""
-    jobs = [read_job(d) for d in find_job_dirs(root)]
+    jobs = read_jobs(root)
     failed = [j for j in jobs if j.error is not None]
     groups = group_jobs(jobs, ignore)
     floors = find_floors(root)
@@ -354,12 +296,7 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
     base = find_baseline(groups, baseline) if baseline else None
     names = metric_names(groups, patterns)
     varying, common = varying_keys(groups)
-
-    missing: List[str] = []
-    expected = expected_sweep(root)
-    if expected is not None:
-        seen = {canonical(j.overrides) for j in jobs}
-        missing = [" ".join(ov) or "(no overrides)" for ov in expected if canonical(ov) not in seen]
+    missing = _missing_jobs(root, jobs)
 
     md: List[str] = [f"# Results: {root}", ""]
     ok = sum(len(g.jobs) for g in groups)
@@ -370,28 +307,8 @@ def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: O
     md.append("")
     csv_rows: List[Dict[str, Any]] = []
     if groups:
-        header = ["configuration", "n", "seeds"] + names
-        md.append("| " + " | ".join(header) + " |")
-        md.append("|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|")
-        for g in floors + groups:
-            cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds)]
-            row: Dict[str, Any] = {"configuration": _label(g, varying)}
-            for k in varying:
-                row[k] = _value(g, k)
-            row.update({"n": len(g.jobs), "seeds": " ".join(str(s) for s in g.seeds)})
-            for name in names:
-                vals = [j.metrics[name] for j in g.jobs if name in j.metrics]
-                m, s = mean_std(vals)
-                row[f"{name}_mean"], row[f"{name}_std"] = m, s
-                if m is None:
-                    cells.append("–")
-                    continue
-                txt = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
-                if len(vals) != len(g.jobs):
-                    txt += f" (n={len(vals)})"
-                cells.append(txt)
-            md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-            csv_rows.append(row)
+        table, csv_rows = _table(groups, floors, names, varying, digits)
+        md += table
     else:
         md.append("No job with a readable metrics.json.")
     if base is not None and len(groups) > 1:

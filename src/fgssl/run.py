@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,43 +16,33 @@ from fgssl.callbacks.collapse import CollapseGuard
 from fgssl.callbacks.curve import LearningCurve
 from fgssl.callbacks.knn import KnnMonitor
 from fgssl.callbacks.rng import RngState
-from fgssl.cluster import apply_cluster_env, cluster_plugins, shared_run_dir
+from fgssl.cluster import apply_cluster_env, cluster_plugins
 from fgssl.data.datamodule import FGVRDataModule
-from fgssl.data.images import read_bad_log
 from fgssl.errors import FgsslError
 from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
 from fgssl.factory import build_model
 from fgssl.fsio import checkpoint_io
-from fgssl.lifecycle import GracefulStop, is_launching_process
+from fgssl.layout import RunLayout
+from fgssl.lifecycle import GracefulStop
 from fgssl.methods.progress import train_steps
 from fgssl.nets.backbones import compile_backbones
 from fgssl.nets.global_bn import convert_to_global_bn
 from fgssl.preflight import FLOORS  # ckpt=random / colorhist: the non-learned baselines
-
-RUN_DIR_ENV = "FGSSL_RUN_DIR"
-CONFIG_NAME = "config.yaml"
-
-
-# ---------------------------------------------------------------------- paths
-def run_dir(cfg: DictConfig) -> Path:
-    """The job's output directory.
-
-    DDP worker processes re-run the script; they find the parent's directory in
-    ``FGSSL_RUN_DIR`` (Lightning's launcher sets LOCAL_RANK for them).
-    """
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        d = Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not under Hydra (tests calling run.train directly)
-        d = Path("outputs") / "run"
-    return shared_run_dir(d)  # torchrun: every rank uses rank 0's (fgssl.cluster)
+from fgssl.rundir import (
+    announce_run_dir,
+    check_checkpoint,
+    eval_metrics_name,
+    eval_out_dir,
+    load_trained,
+    report_bad_images,
+    run_dir,
+    same_run_config,
+    save_config,
+    wandb_run_id,
+)
 
 
+# ---------------------------------------------------------------------- logger
 def hydra_job_info() -> Dict[str, Optional[str]]:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -71,23 +60,6 @@ def hydra_job_info() -> Dict[str, Optional[str]]:
 
 
 # ---------------------------------------------------------------------- pieces
-WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-def wandb_run_id(out: Path, resuming: bool) -> str:
-    """The wandb run id of this run directory: the saved one when resuming, a new one otherwise."""
-    path = out / WANDB_ID_FILE
-    if resuming and path.exists():
-        return path.read_text().strip()
-    import secrets
-    import string
-
-    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's id format
-    if is_launching_process():  # global rank 0 (not each node's local rank 0)
-        path.write_text(run_id + "\n")
-    return run_id
-
-
 def build_logger(cfg: DictConfig, out: Path, resuming: bool = False):
     lg = cfg.logger
     if lg.name == "none":
@@ -95,7 +67,7 @@ def build_logger(cfg: DictConfig, out: Path, resuming: bool = False):
     if lg.name == "csv":  # appends on resume (Lightning's CSVLogger deletes the old log): fgssl.loggers
         from fgssl.loggers import csv_logger
 
-        return csv_logger(out, out / "checkpoints" / "last.ckpt" if resuming else None)
+        return csv_logger(out, RunLayout(out).last if resuming else None)
     if lg.name == "wandb":
         if lg.mode not in ("offline", "online", "disabled"):
             raise FgsslError(f"logger.mode={lg.mode!r} must be offline, online or disabled")
@@ -142,11 +114,11 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
     sync_bn = bool(t.sync_batchnorm) and not cpu_run(cfg)  # CPU: GlobalBatchNorm, see train()
     keep = int(t.keep_every_n_epochs)  # >= 0: checked when the config is composed (fgssl.config.validate)
     # last.ckpt: every epoch end and every ckpt_every_n_steps steps (a kill costs at most that many)
-    last = LastCheckpoint(str(out / "checkpoints"), int(t.ckpt_every_n_steps))
+    last = LastCheckpoint(str(RunLayout(out).checkpoints), int(t.ckpt_every_n_steps))
     ckpts: List[pl.Callback] = [last, *stop_callbacks(last)]  # SIGTERM / SIGINT: see fgssl.lifecycle
     if keep:  # epochNNN.ckpt every `keep` epochs, all kept
         ckpts.append(pl.callbacks.ModelCheckpoint(
-            dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+            dirpath=str(RunLayout(out).checkpoints), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
             save_last=False, save_top_k=-1, every_n_epochs=keep, save_on_train_epoch_end=True,
             enable_version_counter=False))
     kw = dict(
@@ -194,83 +166,6 @@ def apply_speed_knobs(method, cfg: DictConfig, world_size: int):
     return method
 
 
-def save_config(cfg: DictConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-
-
-def same_run_config(saved: Path, cfg: DictConfig) -> bool:
-    """Whether ``cfg`` is the config saved at ``saved`` (an automatic MoCo queue size, filled in at
-    setup from the dataset size, counts as equal to the value it resolved to)."""
-    if not saved.exists():
-        return False
-    old = OmegaConf.load(saved)
-    now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if "queue_size" in now.method and not now.method.queue_size and "queue_size" in old.method:
-        now.method.queue_size = old.method.queue_size
-    return old == now
-
-
-def load_run_config(ckpt: Path) -> DictConfig:
-    """The resolved config saved next to a checkpoint (``checkpoints/config.yaml``), laid over the
-    schema: a key added to fgssl after the checkpoint was trained takes its default (which keeps the
-    old behaviour), so older checkpoints stay loadable; a key the schema does not know is one error."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from fgssl.config.registry import fit_saved
-
-    for cand in (ckpt.parent / CONFIG_NAME, ckpt.parent.parent / "checkpoints" / CONFIG_NAME):
-        if cand.exists():
-            try:
-                return fit_saved(OmegaConf.load(cand))
-            except OmegaConfBaseException as e:
-                raise FgsslError(f"{cand} does not fit this version of fgssl's config: "
-                                 f"{str(e).splitlines()[0]}") from None
-    raise FgsslError(f"no {CONFIG_NAME} next to checkpoint {ckpt}; it is written by train.py in the run's "
-                     f"checkpoints/ folder")
-
-
-def _load_failure(e: Exception) -> str:
-    """Why torch could not load a file, in one line and without torch's advice to retry with
-    ``weights_only=False`` (which would run whatever code the file holds)."""
-    text = str(e)
-    if "Weights only load failed" in text:
-        why = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
-        return f"it holds objects a weights-only load refuses to build; {why}".rstrip("; ")
-    first = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {first}"
-
-
-def read_checkpoint(path: Path, what: str) -> dict:
-    """A Lightning checkpoint's dict, loaded with ``weights_only=True``; anything unreadable (truncated
-    by a kill during a copy, tampered with, not a checkpoint) is one :class:`FgsslError` starting with
-    ``what``."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or "state_dict" not in obj:
-            raise ValueError("no 'state_dict' in it")
-    except Exception as e:  # noqa: BLE001
-        raise FgsslError(f"{what} ({_load_failure(e)})") from None
-    return obj
-
-
-def check_checkpoint(path: Path) -> None:
-    """Fail before Lightning's restore, with a way out, if the checkpoint to resume from is unreadable."""
-    read_checkpoint(path, f"cannot resume from {path}: not a readable checkpoint. Move it away, or rerun "
-                          f"with resume=false (the old checkpoints are then kept in checkpoints.previous-*)")
-
-
-def load_checkpoint_weights(method, ckpt: Path) -> None:
-    """Load the ``state_dict`` of a Lightning checkpoint strictly, with weights_only=True."""
-    if not ckpt.is_file():
-        raise FgsslError(f"ckpt={ckpt}: file not found")
-    state = read_checkpoint(ckpt, f"ckpt={ckpt}: not a readable fgssl checkpoint")["state_dict"]
-    own = method.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise FgsslError(f"ckpt={ckpt} does not match the model built from its config: missing keys "
-                         f"{missing[:10]} ({len(missing)}), unexpected keys {unexpected[:10]} ({len(unexpected)})")
-    method.load_state_dict(state, strict=True)
 
 
 def device_of(cfg: DictConfig) -> torch.device:
@@ -282,59 +177,68 @@ def device_of(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def report_bad_images(out: Path) -> None:
-    bad = read_bad_log(out / "bad_images.txt")
-    if bad:
-        print(f"\n{len(bad)} bad image(s) were skipped (listed in {out / 'bad_images.txt'}):", file=sys.stderr)
-        for p, why in bad[:20]:
-            print(f"  {p}: {why}", file=sys.stderr)
-        if len(bad) > 20:
-            print(f"  ... and {len(bad) - 20} more", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------- entry points
+def _quiet_warnings() -> None:
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # ModelCheckpoint's: config.yaml is saved in checkpoints/ first (no warning that reports lost data is filtered)
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
+def _start_point(cfg: DictConfig, run: RunLayout, resuming: bool, trainer: pl.Trainer) -> Optional[str]:
+    """The checkpoint ``fit`` resumes from (None: a fresh start, with an earlier run's checkpoints moved
+    aside), and the run's config saved in ``checkpoints/``."""
+    ckpt_path = None
+    if resuming:
+        check_checkpoint(run.last)
+        ckpt_path = str(run.last)
+        print(f"resuming from {run.last}")
+    elif run.last.exists() and trainer.is_global_zero:
+        keep = run.previous_checkpoints(int(run.last.stat().st_mtime))
+        run.checkpoints.rename(keep)
+        why = "resume=false" if not cfg.resume else "the config changed"
+        print(f"found {run.last} but {why}: starting fresh (old checkpoints moved to {keep})")
+    if trainer.is_global_zero:
+        save_config(cfg, run.config)
+    return ckpt_path
+
+
+def _final_evaluation(cfg: DictConfig, method, dm, trainer: pl.Trainer, logger, out: Path) -> Dict[str, float]:
+    """The end-of-training evaluation (rank 0): ``metrics.json``, the logger, the table."""
+    metrics = run_evaluation(method, dm, cfg, device_of(cfg), progress=cfg.trainer.enable_progress_bar)
+    steps = train_steps(trainer)
+    write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch, "steps": steps})
+    if logger:
+        logger.log_metrics(metrics, step=steps)
+    print(format_table(metrics, f"{cfg.name}: {cfg.method.name} / {cfg.data.name}"))
+    print(f"metrics written to {RunLayout(out).metrics}")
+    return metrics
+
+
 def train(cfg: DictConfig) -> Dict[str, float]:
     """Pre-train, checkpoint, evaluate; returns the final metrics (rank 0)."""
     apply_cluster_env(cfg)  # SLURM / torchrun: trainer.num_nodes, devices, strategy (fgssl.cluster)
     out = run_dir(cfg).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        os.environ[RUN_DIR_ENV] = str(out)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # ModelCheckpoint's: config.yaml is saved in checkpoints/ first (no warning that reports lost data is filtered)
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    announce_run_dir(out)
+    _quiet_warnings()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    resuming = bool(cfg.resume and last.exists() and same_run_config(ckpt_dir / CONFIG_NAME, cfg))
-
+    run = RunLayout(out)
+    resuming = bool(cfg.resume and run.last.exists() and same_run_config(run.config, cfg))
     logger = build_logger(cfg, out, resuming)
     trainer = build_trainer(cfg, out, logger, [])
     dm = FGVRDataModule(cfg.data, cfg.eval, str(out), trainer.world_size, cfg.seed)
     dm.setup()
-    method = build_model(cfg, dm.num_train, trainer.world_size)
-    method = apply_speed_knobs(method, cfg, trainer.world_size)
+    method = apply_speed_knobs(build_model(cfg, dm.num_train, trainer.world_size), cfg, trainer.world_size)
     for reg in method.regularizers:
         trainer.callbacks.extend(reg.callbacks())
     if cfg.eval.every_n_epochs > 0:  # the learning curve: curve.json, see callbacks/curve.py
         device = device_of(cfg)
         trainer.callbacks.append(LearningCurve(out, cfg.eval.every_n_epochs, resuming=resuming, evaluate=lambda m: (
             run_evaluation(m, dm, cfg, device, progress=False))))
-    ckpt_path = None
-    if resuming:
-        check_checkpoint(last)
-        ckpt_path = str(last)
-        print(f"resuming from {last}")
-    elif last.exists() and trainer.is_global_zero:
-        keep = ckpt_dir.with_name(f"checkpoints.previous-{int(last.stat().st_mtime)}")
-        ckpt_dir.rename(keep)
-        why = "resume=false" if not cfg.resume else "the config changed"
-        print(f"found {last} but {why}: starting fresh (old checkpoints moved to {keep})")
-    if trainer.is_global_zero:
-        save_config(cfg, ckpt_dir / CONFIG_NAME)
+    ckpt_path = _start_point(cfg, run, resuming, trainer)
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
         print(f"fgssl: {cfg.method.name} on {cfg.data.name} ({dm.num_train} train / {len(dm.test_samples)} test "
@@ -345,79 +249,39 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     metrics: Dict[str, float] = {}
     if trainer.is_global_zero:
         if cfg.eval.at_end:
-            metrics = run_evaluation(method, dm, cfg, device_of(cfg), progress=cfg.trainer.enable_progress_bar)
-            steps = train_steps(trainer)
-            write_metrics(metrics, out, {"run_dir": str(out), "epochs": trainer.current_epoch, "steps": steps})
-            if logger:
-                logger.log_metrics(metrics, step=steps)
-            print(format_table(metrics, f"{cfg.name}: {cfg.method.name} / {cfg.data.name}"))
-            print(f"metrics written to {out / 'metrics.json'}")
+            metrics = _final_evaluation(cfg, method, dm, trainer, logger, out)
         report_bad_images(out)
     finish_logger(logger)
     return metrics
 
 
-#: ``eval.*`` keys that do not change an evaluation's numbers (training-time or memory knobs).
-EVAL_NAME_IGNORED = ("at_end", "knn_every_n_epochs", "every_n_epochs", "retrieval_chunk")
+def _floor_model(cfg: DictConfig):
+    """(model, data module) of a floor: the untrained network (``ckpt=random``) or the colour histogram."""
+    dm = FGVRDataModule(cfg.data, cfg.eval, None)
+    dm.setup()
+    if cfg.ckpt == "colorhist":
+        from fgssl.eval.colorhist import ColorHistogram
 
-
-def eval_metrics_name(ckpt: str, eval_cfg: DictConfig) -> str:
-    """The file an ``evaluate.py`` run writes: ``metrics_eval_<checkpoint>[_<key>-<value>...].json``, named by
-    the checkpoint file (``random`` for an untrained network) and every ``eval.*`` setting that differs
-    from the schema's default, so two different evaluations never share a file (``train.py`` writes
-    ``metrics.json``)."""
-    from fgssl.config import EvalConfig, run_slug
-
-    default = OmegaConf.structured(EvalConfig)
-    parts = [Path(ckpt).stem]  # last.ckpt -> last; ckpt=random -> random, ckpt=colorhist -> colorhist
-    for key in sorted(eval_cfg):
-        if key in EVAL_NAME_IGNORED or key not in default or eval_cfg[key] == default[key]:
-            continue
-        value = eval_cfg[key]
-        value = ",".join(map(str, value)) if OmegaConf.is_list(value) else value
-        parts.append(f"{key}-{value}")
-    return f"metrics_eval_{run_slug('_'.join(parts))}.json"
-
-
-def eval_out_dir(cfg: DictConfig, ckpt: Optional[Path]) -> Path:
-    """Where an evaluation writes: ``out_dir`` when given, else the checkpoint's run directory (the
-    folder above ``checkpoints/``), else (a floor: ``ckpt=random``/``colorhist``) ``outputs/<name>/<ckpt>``."""
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    if ckpt is not None:
-        return ckpt.parent.parent if ckpt.parent.name.startswith("checkpoints") else ckpt.parent
-    return Path("outputs") / str(cfg.name) / str(cfg.ckpt)
+        cfg.eval.localisation = False  # no network: no Grad-CAM map to localise with
+        return ColorHistogram(int(cfg.eval.colorhist_bins)), dm
+    return build_model(cfg, dm.num_train, 1), dm
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
     """Evaluate ``cfg.ckpt``, or a floor: an untrained network (``ckpt=random``) or the colour
     histogram of the image (``ckpt=colorhist``), both through the same evaluation code."""
-    from fgssl.preflight import check_checkpoint_file
-
     if not cfg.ckpt:
         raise FgsslError("evaluate.py needs ckpt=PATH (a train.py checkpoint), ckpt=random or ckpt=colorhist")
     ckpt = None
+    pl.seed_everything(cfg.seed, verbose=False)
     if cfg.ckpt in FLOORS:
         run_cfg = cfg
-    else:
-        ckpt = check_checkpoint_file("ckpt", cfg.ckpt).resolve()
-        run_cfg = load_run_config(ckpt)
-        run_cfg.eval = cfg.eval  # evaluation knobs come from the command line
-        run_cfg.data.num_workers = cfg.data.num_workers
-        run_cfg.trainer.accelerator = cfg.trainer.accelerator
+        method, dm = _floor_model(cfg)
+    else:  # evaluation knobs come from the command line
+        trained = load_trained(cfg.ckpt, {"eval": cfg.eval, "data.num_workers": cfg.data.num_workers,
+                                          "trainer.accelerator": cfg.trainer.accelerator})
+        method, dm, run_cfg, ckpt = trained.model, trained.data, trained.cfg, trained.ckpt
     out = eval_out_dir(cfg, ckpt)
-    pl.seed_everything(cfg.seed, verbose=False)
-    dm = FGVRDataModule(run_cfg.data, run_cfg.eval, None)
-    dm.setup()
-    if cfg.ckpt == "colorhist":
-        from fgssl.eval.colorhist import ColorHistogram
-
-        method = ColorHistogram(int(cfg.eval.colorhist_bins))
-        run_cfg.eval.localisation = False  # no network: no Grad-CAM map to localise with
-    else:
-        method = build_model(run_cfg, dm.num_train, 1)
-    if ckpt is not None:
-        load_checkpoint_weights(method, ckpt)
     metrics = run_evaluation(method, dm, run_cfg, device_of(run_cfg), progress=cfg.trainer.enable_progress_bar)
     out.mkdir(parents=True, exist_ok=True)
     path = out / eval_metrics_name(str(cfg.ckpt), cfg.eval)

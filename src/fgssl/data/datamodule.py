@@ -24,7 +24,7 @@ from fgssl.data.readers import read_split
 from fgssl.data.sampling import ResumableLoader, ResumableSampler, ShardSampler
 from fgssl.data.transforms import TwoViews, cache_resize, eval_transform, mocov2_view
 from fgssl.errors import FgsslError
-from fgssl.lifecycle import QuietWorkerInit
+from fgssl.workers import QuietWorkerInit
 
 
 class ImageDataset(Dataset):

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from fgssl.data.datamodule import ImageDataset
 from fgssl.data.transforms import linear_train_transform
-from fgssl.lifecycle import QuietWorkerInit
+from fgssl.workers import QuietWorkerInit
 
 
 def linear_head(dim: int, num_classes: int) -> torch.nn.Linear:
