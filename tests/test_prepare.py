@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import fgssl.data.download
 import fgssl.data.prepare as prep
 from conftest import ROOT, compose_cfg
 from fgssl.errors import FgsslError
@@ -349,7 +350,7 @@ def test_no_network_says_archive(tmp_path, monkeypatch, archives, server):
 def test_not_enough_disk_checked_before_unpacking(tmp_path, monkeypatch, archives):
     _sources(tmp_path, monkeypatch, archives)
     f = _write(archives["aircraft"][0], tmp_path / "dl")
-    monkeypatch.setattr(prep, "_free_bytes", lambda p: 1000)
+    monkeypatch.setattr(fgssl.data.download, "_free_bytes", lambda p: 1000)
     with pytest.raises(FgsslError, match=r"not enough disk space in .*unpacking fgvc-aircraft-2013b.tar.gz needs "
                                          r".* MB, 0.00 MB free"):
         prep.prepare("aircraft", tmp_path / "data", f)

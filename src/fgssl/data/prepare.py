@@ -26,22 +26,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
-import http.client
 import json
 import os
 import shutil
-import socket
-import stat
-import sys
-import tarfile
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fgssl.data.archives import unpack
+from fgssl.data.download import download, log, md5_of
 from fgssl.errors import FgsslError
 
 SOURCES_ENV = "FGSSL_DATA_SOURCES"
@@ -117,14 +110,6 @@ SPECS: Dict[str, Spec] = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e6:.2f} MB"
-
-
 def get_spec(name: str, sources: Optional[dict] = None) -> Spec:
     """The spec of ``name``, with ``sources`` (or the JSON named by ``$FGSSL_DATA_SOURCES``) overriding
     files/counts. The recorded :data:`SPECS` are never modified."""
@@ -152,208 +137,6 @@ def get_spec(name: str, sources: Optional[dict] = None) -> Spec:
 def data_root(spec: Spec, root: Path) -> Path:
     """The ``data.root`` of a dataset prepared under ``root``."""
     return root / spec.folder if spec.root_is_folder else root
-
-
-def _free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free
-
-
-def _need_space(where: Path, need: int, what: str) -> None:
-    free = _free_bytes(where)
-    if need > free:
-        raise FgsslError(f"not enough disk space in {where}: {what} needs {_gb(need)}, {_gb(free)} free; "
-                         f"free some space or choose another --root")
-
-
-def md5_of(path: Path) -> str:
-    # torchvision's helper (chunked, usedforsecurity=False)
-    from torchvision.datasets.utils import calculate_md5
-
-    return calculate_md5(str(path))
-
-
-# ---------------------------------------------------------------------- download
-def download(url: str, dest: Path, retries: int = 3, timeout: float = 60.0, offline_hint: str = "") -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``; a partial ``.part`` (an earlier run, or a
-    connection cut during this one) is resumed with ``Range: bytes=<have>-``.
-
-    Home-made on urllib because torchvision's ``download_url`` neither resumes nor reports a cut
-    connection (it leaves a short file for the checksum to catch)."""
-    if dest.exists():
-        log(f"using the earlier download {dest}")
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    last_error = ""
-    for _attempt in range(retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": "fgssl-prepare"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # nothing left to send: the .part is complete
-                part.replace(dest)
-                return dest
-            raise FgsslError(f"cannot download {url}: HTTP {e.code} {e.reason}; download it by hand and "
-                             f"pass it with --archive FILE") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            kept = f" (the partial file {part} is kept: rerun to resume)" if have else ""
-            try:
-                dest.parent.rmdir()  # only when empty
-            except OSError:
-                pass
-            hint = offline_hint or "python -m fgssl.data.prepare NAME --root DIR --archive FILE"
-            raise FgsslError(f"cannot reach {url} ({reason}): no network?{kept} Download {dest.name} on a machine "
-                             f"that is online, copy it here and run: {hint}") from None
-        with resp:
-            if have and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                mode, start = "ab", have
-                log(f"resuming {dest.name} at {_gb(have)}")
-            else:
-                mode, start = "wb", 0
-            length = resp.headers.get("Content-Length")
-            total = start + int(length) if length is not None else None
-            if length is not None:
-                _need_space(dest.parent, int(length), f"downloading {dest.name}")
-            try:
-                _copy(resp, part, mode, start, total)
-            except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
-                last_error = f"{type(e).__name__}: {e}"
-                log(f"connection lost at {_gb(part.stat().st_size)} ({last_error}); resuming")
-                continue
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise FgsslError(f"disk full while downloading to {part}: free some space and rerun (the "
-                                     f"partial file is resumed)") from None
-                raise
-        got = part.stat().st_size
-        if total is not None and got < total:
-            last_error = f"got {got} of {total} bytes"
-            log(f"connection closed early ({last_error}); resuming")
-            continue
-        part.replace(dest)
-        return dest
-    raise FgsslError(f"download of {url} was cut {retries + 1} times ({last_error}); the partial file {part} is kept: "
-                     f"rerun the same command to resume, or pass a complete file with --archive FILE")
-
-
-def _copy(resp, part: Path, mode: str, start: int, total: Optional[int]) -> None:
-    from tqdm import tqdm
-
-    with open(part, mode) as fh, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=part.name[:-5],
-                                      disable=None, file=sys.stderr) as bar:
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            fh.write(chunk)
-            bar.update(len(chunk))
-
-
-# ---------------------------------------------------------------------- safe unpacking
-class _Unsafe(Exception):
-    pass
-
-
-def _zip_check(info: zipfile.ZipInfo) -> None:
-    name = info.filename
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise _Unsafe(f"member {name!r} has an absolute path")
-    if ".." in p.parts:
-        raise _Unsafe(f"member {name!r} would land outside the target ('..')")
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise _Unsafe(f"member {name!r} is a link (links in zip archives are not unpacked)")
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        raise _Unsafe(f"member {name!r} is a device or special file")
-
-
-def _members(path: Path, dest: Path):
-    """Open ``path`` and check every member (before anything is written); returns (kind, handle, total bytes)."""
-    if tarfile.is_tarfile(path):
-        try:
-            tf = tarfile.open(path)
-            members = tf.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise FgsslError(f"{path}: cannot read the archive ({e}): truncated or corrupt? Delete it and "
-                             f"download it again") from None
-        for m in members:
-            # the standard library's 'data' filter (PEP 706): refuses absolute paths, '..', links pointing
-            # out of dest, absolute links and device files. Called here on every member first, so a bad
-            # member at the end of the archive stops the run before its first byte is written.
-            if m.name.startswith(("/", os.sep)) or os.path.isabs(m.name):  # the filter would only strip the '/'
-                tf.close()
-                raise _Unsafe(f"member {m.name!r} has an absolute path")
-            try:
-                tarfile.data_filter(m, str(dest))
-            except tarfile.FilterError as e:
-                tf.close()
-                raise _Unsafe(f"member {m.name!r}: {e}") from None
-        return "tar", tf, sum(m.size for m in members if m.isfile())
-    if zipfile.is_zipfile(path):
-        try:
-            zf = zipfile.ZipFile(path)
-            infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise FgsslError(f"{path}: cannot read the zip archive ({e}): truncated or corrupt?") from None
-        for info in infos:
-            try:
-                _zip_check(info)
-            except _Unsafe:
-                zf.close()
-                raise
-        return "zip", zf, sum(i.file_size for i in infos)
-    return "file", None, path.stat().st_size
-
-
-def _names(kind: str, handle) -> List[str]:
-    if kind == "tar":
-        return [m.name for m in handle.getmembers()]
-    if kind == "zip":
-        return [i.filename for i in handle.infolist()]
-    return []
-
-
-def unpack(jobs: Sequence[Tuple[Path, Path]], spec: Optional[Spec] = None) -> None:
-    """Unpack each ``(archive, dest)`` (tar/tgz/zip; a plain file such as Stanford Cars'
-    ``cars_test_annos_withlabels.mat`` is copied into dest). Every member of
-    every archive is checked, and the total size compared with the free space, before anything is written."""
-    opened = []
-    try:
-        for path, dest in jobs:
-            dest.mkdir(parents=True, exist_ok=True)
-            try:
-                opened.append((path, dest, *_members(path, dest)))
-            except _Unsafe as e:
-                raise FgsslError(f"{path}: refusing to unpack: {e}; nothing was unpacked") from None
-            if opened[-1][2] == "file" and path.suffix != ".mat":  # the only plain file: Cars' test labels
-                raise FgsslError(f"{path}: not a tar or zip archive (truncated download, or not the dataset?)")
-        if spec is not None:  # a wrong archive is told before its gigabytes are unpacked
-            names = [n.replace("\\", "/").rstrip("/") for _, _, kind, h, _ in opened for n in _names(kind, h)]
-            if not any(n == spec.marker or n.endswith("/" + spec.marker) for n in names):
-                raise FgsslError(_not_it(spec))
-        total = sum(size for *_, size in opened)
-        _need_space(jobs[0][1], total, "unpacking " + " + ".join(p.name for p, _ in jobs))
-        for path, dest, kind, handle, size in opened:
-            log(f"unpacking {path.name} ({_gb(size)})")
-            try:
-                if kind == "tar":
-                    handle.extractall(dest, filter="data")
-                elif kind == "zip":
-                    handle.extractall(dest)
-                else:
-                    shutil.copyfile(path, dest / path.name)
-            except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-                raise FgsslError(f"{path}: the archive broke off while unpacking ({e}): truncated or corrupt? "
-                                 f"Delete it and get it again") from None
-    finally:
-        for *_, handle, _size in opened:
-            if handle is not None:
-                handle.close()
 
 
 # ---------------------------------------------------------------------- verification
@@ -451,6 +234,28 @@ def _match(spec: Spec, archives: Sequence[Path]) -> List[Tuple[Path, Optional[So
     return out
 
 
+def _download_all(spec: Spec, root: Path) -> List[Tuple[Path, Optional[Source]]]:
+    """Download every official file of ``spec`` into ``root/.fgssl-downloads`` and check its MD5."""
+    if any(s.url is None for s in spec.files):
+        raise FgsslError(f"{spec.title} has no working official download: get {spec.how_to_get} and run "
+                         f"python -m fgssl.data.prepare {spec.name} --root {root} --archive FILE")
+    pairs: List[Tuple[Path, Optional[Source]]] = []
+    for s in spec.files:
+        path = download(s.url, root / DOWNLOADS / s.name, offline_hint=f"python -m fgssl.data.prepare "
+                        f"{spec.name} --root {root} --archive /path/to/{s.name}")
+        if s.md5:
+            log(f"checking the MD5 of {path}")
+            got = md5_of(path)
+            if got != s.md5:
+                raise FgsslError(f"checksum mismatch for {path}: expected md5 {s.md5}, got {got}; delete {path} "
+                                 f"and run again (it is downloaded anew)")
+            log(f"{s.name}: md5 matches the published checksum")
+        else:
+            log(f"{s.name}: no published checksum exists; size {path.stat().st_size} bytes")
+        pairs.append((path, s))
+    return pairs
+
+
 # ---------------------------------------------------------------------- the command
 def prepare(name: str, root, archives: Sequence = (), keep_archive: bool = False,
             sources: Optional[dict] = None) -> str:
@@ -474,30 +279,15 @@ def prepare(name: str, root, archives: Sequence = (), keep_archive: bool = False
     if archives:
         pairs = _match(spec, archives)
     else:
-        if any(s.url is None for s in spec.files):
-            raise FgsslError(f"{spec.title} has no working official download: get {spec.how_to_get} and run "
-                             f"python -m fgssl.data.prepare {spec.name} --root {root} --archive FILE")
-        pairs = []
-        for s in spec.files:
-            path = download(s.url, root / DOWNLOADS / s.name, offline_hint=f"python -m fgssl.data.prepare "
-                            f"{spec.name} --root {root} --archive /path/to/{s.name}")
-            if s.md5:
-                log(f"checking the MD5 of {path}")
-                got = md5_of(path)
-                if got != s.md5:
-                    raise FgsslError(f"checksum mismatch for {path}: expected md5 {s.md5}, got {got}; delete {path} "
-                                     f"and run again (it is downloaded anew)")
-                log(f"{s.name}: md5 matches the published checksum")
-            else:
-                log(f"{s.name}: no published checksum exists; size {path.stat().st_size} bytes")
-            downloaded.append(path)
-            pairs.append((path, s))
+        pairs = _download_all(spec, root)
+        downloaded = [path for path, _ in pairs]
     staging = root / f"{STAGING}{spec.name}"
     if staging.exists():  # left by an interrupted run: ours, never a dataset
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        unpack([(path, staging / (src.subdir if src is not None else "")) for path, src in pairs], spec)
+        unpack([(path, staging / (src.subdir if src is not None else "")) for path, src in pairs], spec.marker,
+               _not_it(spec))
         _locate(spec, staging)
         got = verify(spec, staging)
         # into place: extras of the archive first (CUB's top-level attributes.txt), the dataset folder last
