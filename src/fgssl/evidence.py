@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from fgssl import layout
 from fgssl.config import run_slug
 from fgssl.results import FLOOR_FILES
 from fgssl.runs import find_job_dirs
 
-KEEP = ("metrics.json", "curve.json", "checkpoints/config.yaml", ".hydra/overrides.yaml", "csv/metrics.csv")
+KEEP = (layout.METRICS, layout.CURVE, f"{layout.CHECKPOINTS}/{layout.CONFIG}", layout.HYDRA_OVERRIDES,
+        f"{layout.CSV_DIR}/metrics.csv")
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The rows of the comparison: (method, synthesis, rationale). MoCo v2 gets all four, SimSiam three. The two

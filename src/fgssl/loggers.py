@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from fgssl import layout
 from fgssl.fsio import atomic_write_text
 
 
@@ -80,7 +81,7 @@ class ResumableCSVLogger(pl.loggers.CSVLogger):
     starts fresh."""
 
     def __init__(self, save_dir: str, resume_from: Optional[Path] = None):
-        super().__init__(save_dir=save_dir, name="csv", version="")
+        super().__init__(save_dir=save_dir, name=layout.CSV_DIR, version="")
         self.resume_from = resume_from
 
     @property

@@ -7,6 +7,7 @@ import os
 import pytorch_lightning as pl
 import torch
 
+from fgssl import layout
 from fgssl.errors import FgsslError
 from fgssl.fsio import DiskFullError, disk_full_error
 from fgssl.methods.progress import train_steps
@@ -47,7 +48,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
 
     def _save(self, trainer: pl.Trainer) -> None:
         step = train_steps(trainer)
-        last = os.path.join(self.dirpath, "last.ckpt")
+        last = os.path.join(self.dirpath, layout.LAST)
         failed = None
         try:
             # full state; every rank calls it, rank 0 writes through fsio.checkpoint_io (the Trainer's

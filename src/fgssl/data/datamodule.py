@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from fgssl import layout
 from fgssl.data import device as devpipe
 from fgssl.data.checks import check_batch_size
 from fgssl.data.images import filter_bad, load_rgb, record_bad
@@ -121,7 +122,7 @@ class FGVRDataModule(pl.LightningDataModule):
 
     @property
     def bad_log(self) -> Optional[Path]:
-        return self.out_dir / "bad_images.txt" if self.out_dir else None
+        return self.out_dir / layout.BAD_IMAGES if self.out_dir else None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self._ready:

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
+from fgssl import layout
 from fgssl.errors import FgsslError
 from fgssl.eval.features import extract_features
 from fgssl.eval.knn import weighted_knn_predict
@@ -87,7 +88,7 @@ def format_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
 
 def write_metrics(metrics: Dict[str, float], out_dir: Path, extra: Optional[dict] = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
+    path = out_dir / layout.METRICS
     payload = dict(metrics)
     if extra:
         payload.update(extra)
