@@ -243,7 +243,7 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
     if not cfg.ckpt and not f.sweep_dir:
         raise FgsslError("figures.py needs ckpt=PATH (and/or figures.sweep_dir=MULTIRUN_DIR)")
     out_dir = Path(f.out_dir) if f.out_dir else (
-        Path(cfg.ckpt).expanduser().resolve().parent.parent / "figures" if cfg.ckpt else Path(f.sweep_dir))
+        RunLayout(Path(cfg.ckpt).expanduser().resolve().parent.parent).figures if cfg.ckpt else Path(f.sweep_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     figs: Dict[str, plt.Figure] = {}
@@ -276,7 +276,7 @@ def make_figures(cfg: DictConfig) -> Dict[str, Path]:
 def log_to_run(paths: Dict[str, Path], run_cfg: DictConfig, ckpt: Path) -> None:
     """Log the figures to the checkpoint's own wandb run (same id, same folder) when that run used wandb;
     a run trained with ``logger=csv`` or ``logger=none`` gets none (``logger=none`` here skips it too)."""
-    run = RunLayout.of_checkpoint(ckpt)
+    run = RunLayout(ckpt.parent.parent)  # the folder above checkpoints/
     run_dir, id_file = run.root, run.wandb_id
     if run_cfg.logger.name != "wandb" or not id_file.is_file() or not paths:
         return
