@@ -24,11 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-<<<<<<< HEAD
-=======
 from fgssl import layout
-from fgssl.callbacks.guards import train_steps
->>>>>>> f803553 (Writers name run-folder files from fgssl.layout (metrics.json, bad_images.txt, curve.json, last.ckpt, csv/, evidence KEEP); tests/test_rundir.py: load_trained round trip (mocov2, simsiam) and its one-line errors, layout, the runs reader, compose)
 from fgssl.fsio import atomic_write_text
 from fgssl.methods.progress import train_steps
 
