@@ -131,4 +131,7 @@ def test_compose_is_train_py_s_config(tmp_path):
         compose([], tmp_path)
     with pytest.raises(Exception, match="rot"):
         compose(["data.rot=1"])
+    with pytest.raises(FgsslError, match=r"eval.every_n_epochs=-1 must be >= 0"):  # values checked, as train.py does
+        compose(["eval.every_n_epochs=-1"])
+    assert compose(["eval.every_n_epochs=-1"], check=False).eval.every_n_epochs == -1
     assert "hydra" in compose([], return_hydra_config=True)

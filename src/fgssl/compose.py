@@ -32,10 +32,13 @@ def conf_dir(path: Optional[Union[str, Path]] = None) -> Path:
 
 
 def compose(overrides: Sequence[str] = (), conf: Optional[Union[str, Path]] = None,
-            out_dir: Optional[Union[str, Path]] = None, return_hydra_config: bool = False) -> DictConfig:
+            out_dir: Optional[Union[str, Path]] = None, return_hydra_config: bool = False,
+            check: bool = True) -> DictConfig:
     """``conf/config.yaml`` with ``overrides`` (command-line syntax), checked against the schema as
-    ``train.py`` checks it; ``out_dir`` sets where a run writes (there is no Hydra run folder here).
-    Hydra's global state is cleared before and after, so calls do not leak into each other."""
+    ``train.py`` checks it: every key exists, and (``check``) every value is within its choices and range
+    (:func:`fgssl.config.validate`, one :class:`~fgssl.errors.ConfigError` naming the key). ``out_dir`` sets
+    where a run writes (there is no Hydra run folder here). Hydra's global state is cleared before and
+    after, so calls do not leak into each other."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -50,6 +53,10 @@ def compose(overrides: Sequence[str] = (), conf: Optional[Union[str, Path]] = No
                                 return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
+    if check:
+        from fgssl.config import validate
+
+        validate(cfg)
     if out_dir is not None:
         with open_dict(cfg):
             cfg.out_dir = str(out_dir)
