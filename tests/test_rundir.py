@@ -121,6 +121,10 @@ def test_runs_reads_jobs_for_results_and_figures(tmp_path):
     assert b.config["method"]["name"] == "simsiam" and b.seed == 1 and b.metrics == {"test/knn_top1": 2.0}
     assert c.error == "failed: fgssl error: bad (see error.txt)" and not c.metrics
     assert d.error.startswith("no metrics.json")
+    from fgssl.sweep import sweep_status  # the end-of-sweep summary reads the folder the same way
+
+    finished, failed = sweep_status(tmp_path)
+    assert [p.name for p in finished] == ["0_a", "1_b", "10_d"] and failed == [(c.path, "fgssl error: bad")]
 
 
 def test_compose_is_train_py_s_config(tmp_path):

@@ -1,5 +1,6 @@
 """Reading a folder of runs (a Hydra multirun directory, a sweep, the evidence records): the one reader
-that ``fgssl.results`` (tables), ``fgssl.figures`` (the alpha sweep) and ``fgssl.evidence`` share.
+that ``fgssl.results`` (tables), ``fgssl.figures`` (the alpha sweep), ``fgssl.evidence`` and the end-of-sweep
+summary (``fgssl.sweep``) share.
 
 A *job* is a directory under the root that holds ``.hydra/overrides.yaml`` or ``metrics.json`` (the
 outermost such folder: a job's own ``wandb/`` or ``csv/`` is not a job). :func:`read_job` reads its
@@ -25,6 +26,8 @@ class Job:
     seed: Optional[Any] = None
     metrics: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None
+    #: the first line of the job's ``error.txt`` (a job that failed inside a sweep); None when it has none
+    failure: Optional[str] = None
     #: the run's resolved config (``checkpoints/config.yaml``) as plain containers; None when it has none
     config: Optional[Dict[str, Any]] = None
 
@@ -111,8 +114,8 @@ def read_job(d: Path) -> Job:
     config = _read_config(run.config)
     job = Job(d, overrides, _read_seed(run, config, overrides), error=err, config=config)
     if run.error.is_file():  # written by a failed job of a sweep (fgssl.lifecycle.run_job)
-        first = (run.error.read_text(errors="replace").strip().splitlines() or ["failed"])[0]
-        job.error = f"failed: {first} (see {run.error.name})"
+        job.failure = (run.error.read_text(errors="replace").strip().splitlines() or ["failed"])[0]
+        job.error = f"failed: {job.failure} (see {run.error.name})"
         return job
     if not run.metrics.is_file():
         job.error = job.error or f"no {layout.METRICS} (failed, killed or still running)"

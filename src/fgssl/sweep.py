@@ -18,21 +18,15 @@ from typing import Any, List, Tuple
 
 from hydra.experimental.callback import Callback
 
-from fgssl.lifecycle import ERROR_FILE
+from fgssl.runs import read_jobs
 
 
 def sweep_status(sweep_dir: Path) -> Tuple[List[Path], List[Tuple[Path, str]]]:
-    """(finished job folders, [(failed job folder, its error line)]) of a sweep folder."""
-    finished, failed = [], []
-    for ov in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
-        job = ov.parent.parent
-        err = job / ERROR_FILE
-        if err.is_file():
-            lines = err.read_text().strip().splitlines()
-            failed.append((job, lines[0] if lines else "failed"))
-        else:
-            finished.append(job)
-    return finished, failed
+    """(finished job folders, [(failed job folder, its error line)]) of a sweep folder, read by the reader
+    ``fgssl.results`` uses (:mod:`fgssl.runs`): a job that wrote ``error.txt`` failed, any other finished."""
+    jobs = read_jobs(sweep_dir)
+    return ([j.path for j in jobs if j.failure is None],
+            [(j.path, j.failure) for j in jobs if j.failure is not None])
 
 
 class SweepSummary(Callback):
