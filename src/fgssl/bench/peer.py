@@ -126,7 +126,8 @@ def run_peer(a, conf, meter, put: Put) -> None:
             continue
         ms_f, ms_l = statistics.median(rows["fgssl"]), statistics.median(rows["lightly"])
         put({"kind": "peer", "method": method, "symmetric": bool(cfg.method.get("symmetric")),
-             "ms_fgssl": ms_f, "ms_lightly": ms_l, "ratio": ms_f / ms_l, "lightly": _version("lightly")})
+             "ms_fgssl": ms_f, "ms_lightly": ms_l, "ratio": ms_f / ms_l, "lightly": _version("lightly"),
+             "fgssl_step_ms": rows["fgssl"], "lightly_step_ms": rows["lightly"]})
         print(f"fgssl.bench: {method} fgssl {ms_f:.1f} ms/step vs lightly-built {ms_l:.1f}", file=sys.stderr,
               flush=True)
 
