@@ -10,9 +10,9 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List
 
-from fgssl.bench.compose import error_reason
+from fgssl.bench.compose import build_model, error_reason
 from fgssl.bench.pipelines import one_directional_cfg
-from fgssl.bench.steps import SyntheticBatches, time_module, time_training
+from fgssl.bench.steps import SyntheticBatches, fit_timed, time_module, time_training
 
 Put = Callable[[Dict[str, Any]], None]
 
@@ -82,6 +82,25 @@ def _torchvision_backbone(name: str):
 
 
 
+def _step_gflop(module, a, precision: str, meter) -> float:
+    """GFLOP of one training step (forward and backward), counted by torch's ``FlopCounterMode`` (matmuls and
+    convolutions): what the step computes, independent of the machine's load."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batches = SyntheticBatches(a.batch, a.image_size, 1, torch.device(a.device))
+    with FlopCounterMode(display=False) as counter:
+        fit_timed(module, batches, 1, 0, a.device, precision, meter)
+    return counter.get_total_flops() / 1e9
+
+
+def _gflops(a, cfg, meter) -> Dict[str, float]:
+    precision = str(cfg.trainer.precision)
+    backbone, dim = _torchvision_backbone(str(cfg.backbone.name))
+    return {"gflop_fgssl": _step_gflop(build_model(cfg), a, precision, meter),
+            "gflop_lightly": _step_gflop(_lightly_modules(cfg, dim, backbone), a, precision, meter)}
+
+
 def _rounds(a, cfg, meter) -> Dict[str, List[float]]:
     """Step times of fgssl's and the lightly-built step over ``a.rounds`` rounds; the order alternates from
     round to round (fgssl first, then lightly first), so neither always runs first on a drifting load."""
@@ -120,6 +139,7 @@ def run_peer(a, conf, meter, put: Put) -> None:
             continue
         try:
             rows = _rounds(a, cfg, meter)
+            flops = _gflops(a, cfg, meter)
         except Exception as e:  # noqa: BLE001
             put({"kind": "error", "method": method, "part": "peer", "reason": error_reason(e)})
             traceback.print_exc(file=sys.stderr)
@@ -127,7 +147,8 @@ def run_peer(a, conf, meter, put: Put) -> None:
         ms_f, ms_l = statistics.median(rows["fgssl"]), statistics.median(rows["lightly"])
         put({"kind": "peer", "method": method, "symmetric": bool(cfg.method.get("symmetric")),
              "ms_fgssl": ms_f, "ms_lightly": ms_l, "ratio": ms_f / ms_l, "lightly": _version("lightly"),
-             "fgssl_step_ms": rows["fgssl"], "lightly_step_ms": rows["lightly"]})
+             "fgssl_step_ms": rows["fgssl"], "lightly_step_ms": rows["lightly"], **flops,
+             "flop_ratio": flops["gflop_fgssl"] / flops["gflop_lightly"]})
         print(f"fgssl.bench: {method} fgssl {ms_f:.1f} ms/step vs lightly-built {ms_l:.1f}", file=sys.stderr,
               flush=True)
 

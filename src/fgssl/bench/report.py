@@ -103,7 +103,8 @@ def _tail_lines(records: Records) -> List[str]:
     if peers:
         out += ["", "fgssl base step / lightly-built step (target <= 1.05x): " + ", ".join(
             f"{r['method']}{' one-directional' if r['method'] == 'mocov2' and not r['symmetric'] else ''} "
-            f"{r['ratio']:.2f}x ({r['ms_fgssl']:.1f} vs {r['ms_lightly']:.1f} ms, lightly {r['lightly']})"
+            f"{r['ratio']:.2f}x ({r['ms_fgssl']:.1f} vs {r['ms_lightly']:.1f} ms, lightly {r['lightly']}; "
+            f"GFLOP per step {fmt(r.get('gflop_fgssl'), '.2f')} vs {fmt(r.get('gflop_lightly'), '.2f')})"
             for r in peers)]
     for r in (r for r in records if r["kind"] == "retrieval"):
         out += ["", f"retrieval {r['n']}x{r['d']} (chunk {r['chunk']}): retrieval_metrics {r['ms_retrieval']:.1f} ms, "
