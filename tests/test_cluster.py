@@ -17,6 +17,7 @@ from fgssl.cluster import apply_cluster_env, check_launcher_keys, cluster_enviro
 from fgssl.errors import ConfigError, FgsslError
 from fgssl.lifecycle import check_devices
 from fgssl.submitit_logs import job_log
+from signal_hook import signal_hook
 from test_resume import (
     KILL_AT_BATCH,
     KILLER,
@@ -265,24 +266,13 @@ def test_submitit_pre_timeout_signal_checkpoints_and_submitit_requeues(reference
     submitit's own handler (chained after fgssl's) checkpoints the job's submission and requeues it; the
     executor reruns it, it resumes, ends equal to an uninterrupted run and continues its wandb run."""
     data, ref = reference("device")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    # the signal at step 9, sent once, from inside the submitit task (a process the sweep's executor starts)
-    (hook / "_fgssl_kill.py").write_text(KILLER.split("run.build_trainer = build_trainer")[0] +
-                                         "run.build_trainer = build_trainer\n")
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "once = os.environ.get('KILL_ONCE')\n"
-        "if os.environ.get('SUBMITIT_LOCAL_JOB_ID') and once and not os.path.exists(once):\n"
-        "    open(once, 'w').close()\n"
-        "    import _fgssl_kill  # noqa: F401\n")
     sweep = tmp_path / "sweep"
     # wandb instead of the CSV log (the CSV log's resume is checked by the scontrol test): the requeued job
     # continues its own wandb run
     args = [a for a in _overrides(data, tmp_path / "unused") if not a.startswith(("hydra.run.dir", "logger="))]
     args += ["logger=wandb", "logger.mode=offline"]
     env = _env(KILL_SIGNAL="SIGUSR2", KILL_ONCE=str(tmp_path / "sent"),
-               PYTHONPATH=f"{hook}:{os.environ.get('PYTHONPATH', '')}")
+               PYTHONPATH=f"{signal_hook(tmp_path, KILLER)}:{os.environ.get('PYTHONPATH', '')}")
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *args,
                         f"hydra.sweep.dir={sweep}"], cwd=str(ROOT), env=env, capture_output=True, text=True,
                        timeout=900)
