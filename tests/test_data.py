@@ -271,10 +271,13 @@ def test_bad_image_error_policy_device_pipeline_stops_at_decode(tmp_path):
     assert str(cut) in msg and "data.on_bad_image=skip" in msg and "\n" not in msg, msg
 
 
-def test_unknown_bad_image_policy(tmp_path):
-    fx = make_imagefolder_set(tmp_path / "ds")
-    with pytest.raises(FgsslError, match="on_bad_image='ignore'"):
-        _dm(fx, tmp_path, "data.on_bad_image=ignore").setup()
+def test_unknown_bad_image_policy():
+    """A policy outside the schema's choices stops before anything is read (the validation layer)."""
+    from fgssl.errors import ConfigError
+    from fgssl.preflight import check_cli_keys
+
+    with pytest.raises(ConfigError, match=r"data.on_bad_image='ignore'.*skip, error"):
+        check_cli_keys(["data.on_bad_image=ignore"])
 
 
 # ---------------------------------------------------------------------- missing roots / files
