@@ -20,7 +20,7 @@ setup()  # the methods, regularizers and plug-ins register their config
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_or_exit(preflight, cfg, "figures")  # before torch and Lightning are imported
-    from fgssl.figures import make_figures
+    from fgssl.plots import make_figures
 
     run_or_exit(make_figures, cfg)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fgssl.eval.evaluate import METRIC_KEYS
+from fgssl.eval.suite import METRIC_KEYS
 
 SMOKE_BATCH = 16  # conf/debug/smoke.yaml
 

@@ -324,7 +324,7 @@ def test_eval_tensors_equal_the_workers_paths(tmp_path, ram_cache):
 
 def test_eval_features_and_metrics_are_the_same_on_both_pipelines(tmp_path):
     """One tiny model, both pipelines: identical evaluation features and identical metrics."""
-    from fgssl.eval.evaluate import run_evaluation
+    from fgssl.eval.suite import run_evaluation
     from fgssl.methods import build_method
 
     fx = make_imagefolder_set(tmp_path / "ds")

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 import fgssl.run
 from conftest import ROOT, compose_cfg
-from fgssl.eval.evaluate import METRIC_KEYS
+from fgssl.eval.suite import METRIC_KEYS
 from fixtures import make_dataset, one_torch_thread
 
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from fgssl.eval.evaluate import METRIC_KEYS, format_table, write_metrics
 from fgssl.eval.knn import weighted_knn_predict
 from fgssl.eval.linear import linear_probe, stratified_split
 from fgssl.eval.retrieval import retrieval_metrics
+from fgssl.eval.suite import METRIC_KEYS, format_table, write_metrics
 from fixtures import one_torch_thread
 
 

@@ -13,7 +13,7 @@ import fgssl.run
 from conftest import compose_cfg
 from fgssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fgssl.eval.colorhist import ColorHistogram
-from fgssl.eval.evaluate import METRIC_KEYS
+from fgssl.eval.suite import METRIC_KEYS
 from fixtures import one_torch_thread
 
 

@@ -217,7 +217,7 @@ def test_disk_full_on_metrics_and_figures_keeps_the_old_file(tmp_path, monkeypat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fgssl.eval.evaluate import write_metrics
+    from fgssl.eval.suite import write_metrics
 
     write_metrics({"test/knn_top1": 1.0}, tmp_path)
     fig = plt.figure()

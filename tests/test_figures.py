@@ -15,7 +15,7 @@ from PIL import Image
 import fgssl.run
 from conftest import ROOT, compose_cfg, make_imagefolder
 from fgssl.errors import FgsslError
-from fgssl.figures import collect_sweep
+from fgssl.plots import collect_sweep
 from fixtures import one_torch_thread
 
 RUNS = {  # name -> overrides; "sweep" runs are what an alpha sweep directory holds
@@ -117,7 +117,7 @@ def test_collect_sweep_keeps_methods_apart(smoke_runs, tmp_path):
 def test_alpha_sweep_of_the_full_method_says_what_it_drew(smoke_runs, tmp_path, capsys):
     """Issue 18, item 2: a sweep without nu = 0 jobs (the README's old command kept nu = 1) draws the full-method
     jobs against alpha and says that the L_C + alpha L_R curve needs experiment=syn_alpha_sweep."""
-    from fgssl.figures import fig_alpha_sweep
+    from fgssl.plots import fig_alpha_sweep
 
     _, sweep, _ = smoke_runs
     full = tmp_path / "full_only"

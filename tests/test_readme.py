@@ -230,7 +230,7 @@ def test_quoted_error_output_is_what_the_command_prints(tmp_path):
 
 def test_quoted_metrics_table_fits_its_border():
     """The table in the README is drawn as ``format_table`` draws it: every row as wide as its border."""
-    from fgssl.eval.evaluate import format_table
+    from fgssl.eval.suite import format_table
 
     for _, text in _blocks("text"):
         rows = [line for line in text.splitlines() if line[:1] in "+|"]

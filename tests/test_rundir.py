@@ -82,7 +82,7 @@ def test_every_writer_names_its_file_from_the_layout(tmp_path):
     from fgssl import layout
     from fgssl.callbacks.curve import CURVE_FILE
     from fgssl.data.datamodule import FGVRDataModule
-    from fgssl.eval.evaluate import write_metrics
+    from fgssl.eval.suite import write_metrics
     from fgssl.lifecycle import ERROR_FILE, LOCK_FILE
 
     assert (CURVE_FILE, ERROR_FILE, LOCK_FILE) == (layout.CURVE, layout.ERROR, layout.LOCK)

@@ -19,7 +19,7 @@ from fgssl.callbacks.rng import RngState
 from fgssl.cluster import apply_cluster_env, cluster_plugins
 from fgssl.data.datamodule import FGVRDataModule
 from fgssl.errors import FgsslError
-from fgssl.eval.evaluate import format_table, run_evaluation, write_metrics
+from fgssl.eval.suite import format_table, run_evaluation, write_metrics
 from fgssl.factory import build_model
 from fgssl.fsio import checkpoint_io
 from fgssl.layout import RunLayout

@@ -1,5 +1,5 @@
 """Reading a folder of runs (a Hydra multirun directory, a sweep, the evidence records): the one reader
-that ``fgssl.results`` (tables), ``fgssl.figures`` (the alpha sweep), ``fgssl.evidence`` and the end-of-sweep
+that ``fgssl.results`` (tables), ``fgssl.plots`` (the alpha sweep), ``fgssl.evidence`` and the end-of-sweep
 summary (``fgssl.sweep``) share.
 
 A *job* is a directory under the root that holds ``.hydra/overrides.yaml`` or ``metrics.json`` (the

@@ -26,20 +26,11 @@ def conf_dir(path: Optional[str] = None) -> Path:
 
 
 def compose(overrides: Sequence[str], conf: Path):
-    """Compose ``conf/config.yaml`` with ``overrides``, as ``train.py`` would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Compose ``conf/config.yaml`` with ``overrides``, as ``train.py`` would (:func:`fgssl.compose.compose`; the
+    values are not range-checked here: a variant that cannot be composed is skipped, see :func:`compose_variant`)."""
+    from fgssl.compose import compose as fgssl_compose
 
-    from fgssl.plugins import setup
-
-    setup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return fgssl_compose(overrides, conf, check=False)
 
 
 def compose_variant(overrides: List[str], variant_overrides: List[str], conf: Path):
