@@ -250,7 +250,11 @@ def test_trainer_shape_follows_the_cluster_environment(kind, env, monkeypatch):
     if kind == "SLURM":
         assert lightning_env.auto_requeue is False, "fgssl.lifecycle handles the pre-timeout signal"
     import pytorch_lightning as pl
+    from lightning_fabric.utilities import rank_zero as fabric_rank_zero
+    from pytorch_lightning.utilities import rank_zero
 
+    for module in (rank_zero, fabric_rank_zero):  # the Trainer sets this process-wide rank to 5: put it back after
+        monkeypatch.setattr(module.rank_zero_only, "rank", module.rank_zero_only.rank)
     t = cfg.trainer  # a Trainer built with that shape and fgssl's plugin (no process group is started here)
     trainer = pl.Trainer(accelerator="cpu", devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                          plugins=cluster_plugins(), logger=False, enable_checkpointing=False)
