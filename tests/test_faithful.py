@@ -205,7 +205,7 @@ def test_lcr_faithful_uses_the_code_queue_size():
     cfg = compose_cfg(["rationale=lcr"])  # clean mode keeps the dataset-sized default
     with open_dict(cfg):
         resolve_queue(cfg, 2190, 1)
-    assert cfg.method.queue_size == 8704
+    assert cfg.method.queue_size == 2176
 
 
 # ---------------------------------------------------------------------- defect 4: gauss uses the mean sigma

@@ -110,8 +110,8 @@ def test_moco_loss_by_hand():
 
 
 def test_default_queue_size():
-    assert default_queue_size(100, 32) == 384  # largest multiple of 32 <= 400
-    assert default_queue_size(2190, 64) == 8704
+    assert default_queue_size(100, 32) == 96  # largest multiple of 32 <= 100: one epoch of keys
+    assert default_queue_size(2190, 64) == 2176
     assert default_queue_size(10**6, 256) == 65536  # capped
     assert default_queue_size(5, 16) == 16  # never below one global batch
 

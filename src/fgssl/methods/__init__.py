@@ -23,7 +23,7 @@ class MoCoV2Config(MethodConfig):
     #: EMA momentum of the key encoder.
     ema_momentum: float = bounded(0.999, ge=0, le=1)
     #: Queue length K; null = resolved by the method from the data (``MoCoV2.resolve_config``):
-    #: min(65536, largest multiple of the global batch <= 4x train size).
+    #: min(65536, largest multiple of the global batch <= the train size: one epoch of keys).
     queue_size: Optional[int] = bounded(None, ge=1)
     #: Symmetrised InfoNCE (both views as query and key). false = one-directional, as the MoCo v2
     #: and LCR code (one online pass with backward per step instead of two).
