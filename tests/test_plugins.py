@@ -28,7 +28,11 @@ def _install_entry_point(site: Path) -> None:
 
 def test_toy_regularizer_registers_composes_and_adds_its_loss(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN_DIR))
-    import fgssl_toy_normpen  # noqa: F401 - its one registration line runs here
+    import importlib
+
+    import fgssl_toy_normpen
+
+    importlib.reload(fgssl_toy_normpen)  # its one registration line runs here (again, if another test imported it)
 
     from conftest import compose_cfg
     from fgssl.config import REGULARIZERS
