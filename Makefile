@@ -41,7 +41,7 @@ data: install
 
 lint: install
 	$(BIN)/ruff check src tests train.py evaluate.py figures.py
-	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml
+	cd src && ../$(BIN)/lint-imports --no-cache --config ../pyproject.toml
 
 # The evidence sweep (docs/evidence.md): floors, MoCo v2 base/+SYN/+LCR/+SYN+LCR and SimSiam base/+SYN/+LCR,
 # 3 paired seeds each, then the tables with paired differences and the learning curves. Hours on a CPU.
