@@ -27,11 +27,9 @@ REQUIRED = {
 
 
 def _options(group: str):
-    from fgssl.config import REGULARIZERS
+    from fgssl.preflight import group_options
 
-    if group in REGULARIZERS:  # plug-in groups live in ConfigStore (their YAML sits in their own folder)
-        return sorted({"none", REGULARIZERS[group].option})
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return group_options(group)  # conf/<group>/*.yaml, or a plug-in's none/option (ConfigStore)
 
 
 def _all_options():

@@ -24,6 +24,20 @@ def _train(tmp_path, run, *overrides):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
 
 
+def assert_same_final_weights(ref, run) -> dict:
+    """The two runs' last.ckpt state dicts agree: floats within DDP's reduction-order noise, integers exactly
+    (backbone, heads, BN running statistics, momentum encoder, queue and its pointer)."""
+    a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(a[k], b[k]), k
+    return b  # the run's state dict, for further checks
+
+
 def _steps(run):
     import csv
 
@@ -45,14 +59,7 @@ def test_ddp_two_cpu_processes_equal_one_process(method, pipeline, tmp_path):
     _train(tmp_path, ref, "trainer=cpu", f"method={method}", f"data.batch_size={SMOKE_BATCH}",
            f"data.pipeline={pipeline}")
 
-    a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:  # backbone, heads, BN running statistics, momentum encoder, queue
-        if a[k].is_floating_point():
-            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
-        else:
-            assert torch.equal(a[k], b[k]), k
+    b = assert_same_final_weights(ref, run)
     steps_a, knn_a = _steps(ref)
     steps_b, knn_b = _steps(run)
     assert len(steps_a) == len(steps_b) == 2

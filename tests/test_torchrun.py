@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT
 from fgssl.cluster import shared_run_dir
-from test_ddp import SMOKE_BATCH, _steps
+from test_ddp import SMOKE_BATCH, _steps, assert_same_final_weights
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 ARGS = ["trainer.precision=32-true", "debug=smoke", "trainer.enable_progress_bar=false"]
@@ -94,14 +94,7 @@ def test_two_nodes_on_localhost_equal_one_process(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
 
-    a = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:  # backbone, heads, BN running statistics (GlobalBatchNorm), momentum encoder, queue
-        if a[k].is_floating_point():
-            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
-        else:
-            assert torch.equal(a[k], b[k]), k
+    b = assert_same_final_weights(ref, run)  # GlobalBatchNorm statistics included
     steps_a, knn_a = _steps(ref)
     steps_b, knn_b = _steps(run)
     assert len(steps_a) == len(steps_b) == 2
