@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from fgssl.config.registry import group_names, method_schema, root_schema
+from fgssl.config.registry import REGULARIZERS, method_schema, root_schema
 from fgssl.config.validate import check_override, validate
 from fgssl.data.checks import check_batch_size  # noqa: F401 - re-exported: preflight's check
 from fgssl.errors import ConfigError, FgsslError
@@ -66,14 +66,19 @@ def unknown_key_error(key: str, method: Optional[str] = "mocov2") -> ConfigError
                        f"`python train.py --cfg job` prints every key")
 
 
+def group_names() -> List[str]:
+    """The config groups a command line chooses from (``method=``, ``synthesis=``, ...): the folders of
+    ``conf/`` (Hydra's own ``hydra/`` aside) and every registered regularizer's group."""
+    conf = [p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"]
+    return sorted({*conf, *REGULARIZERS})
+
+
 def _is_group(key: str) -> bool:
     return key in group_names() or (CONF_DIR / key.replace(".", "/")).is_dir()
 
 
 def group_options(group: str) -> List[str]:
     """The options of config group ``group``: its YAML files under ``conf/``, or a plug-in's ``none``/option."""
-    from fgssl.config import REGULARIZERS
-
     if group in REGULARIZERS:
         return sorted({"none", REGULARIZERS[group].option})
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

@@ -92,11 +92,6 @@ def method_schema(name: Optional[str]) -> type:
     return spec.schema if spec is not None else MethodConfig
 
 
-def group_names() -> Tuple[str, ...]:
-    """Every config group a command line may choose from (``method=``, ``synthesis=``, ...)."""
-    return ("data", "method", "backbone", "trainer", "logger", "eval", "experiment", "debug", *REGULARIZERS)
-
-
 def option_node(spec: RegularizerSpec) -> Any:
     from omegaconf import OmegaConf
 
