@@ -139,3 +139,19 @@ def test_compose_is_train_py_s_config(tmp_path):
         compose(["eval.every_n_epochs=-1"])
     assert compose(["eval.every_n_epochs=-1"], check=False).eval.every_n_epochs == -1
     assert "hydra" in compose([], return_hydra_config=True)
+
+
+def test_a_saved_config_reads_back_without_setup(tmp_path):
+    """A notebook that imports only fgssl.rundir (no train.py, no compose, so no plugins.setup()) reads a run
+    config holding the regularizers' keys: the first attempt said "Key 'rationale' not in 'Config'"."""
+    import subprocess
+    import sys
+
+    cfg = compose_cfg(["synthesis=syn", "rationale=lcr", "debug=smoke"], tmp_path / "run")
+    save_config(cfg, tmp_path / "config.yaml")
+    code = ("from fgssl.rundir import read_run_config; import sys; "
+            "c = read_run_config(__import__('pathlib').Path(sys.argv[1])); print(c.synthesis.name, c.rationale.name)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "config.yaml")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["syn", "lcr"]

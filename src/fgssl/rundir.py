@@ -88,7 +88,9 @@ def read_run_config(path: Path) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     from fgssl.config.registry import fit_saved
+    from fgssl.plugins import load
 
+    load()  # the methods and regularizers register their keys (a notebook may not have run setup())
     try:
         return fit_saved(OmegaConf.load(path))
     except OmegaConfBaseException as e:
