@@ -203,3 +203,14 @@ def test_few_corrupt_files_among_thousands_train_to_the_end(verify, pipeline, tm
     assert f"{len(listed)} bad image(s) were skipped" in err
     for p in broken:
         assert str(p) in listed and str(p) in err, p
+
+
+def test_profiler_reports_the_wait_for_data(datasets, tmp_path):
+    """``trainer.profiler=simple``: Lightning's per-hook times, with the wait for the next training batch
+    (how the two data pipelines were compared, docs/data_pipeline.md), written into the run dir."""
+    out = tmp_path / "run"
+    cfg = compose_cfg(["method=mocov2", *_data_overrides(datasets, "imagefolder"), "debug=smoke",
+                       "trainer.enable_progress_bar=false", "trainer.profiler=simple"], out)
+    fgssl.run.train(cfg)
+    report = (out / "fit-profile.txt").read_text()
+    assert "train_dataloader_next" in report and "run_training_batch" in report

@@ -133,6 +133,9 @@ def build_trainer(cfg: DictConfig, out: Path, logger, callbacks: List[pl.Callbac
         plugins=[checkpoint_io(), *cluster_plugins()],
         check_val_every_n_epoch=every if every > 0 else 1, limit_val_batches=1.0 if every > 0 else 0,
     )
+    if t.profiler:  # where a step's time goes (docs/data_pipeline.md: data wait vs compute per pipeline)
+        prof = {"simple": pl.profilers.SimpleProfiler, "advanced": pl.profilers.AdvancedProfiler}[t.profiler]
+        kw["profiler"] = prof(dirpath=str(out), filename="profile")
     if t.limit_train_batches is not None:
         limit = float(t.limit_train_batches)  # > 0: checked when the config is composed
         # the schema stores a float; Lightning would read 1.0 as "100 %", we read it as "one batch"

@@ -148,6 +148,10 @@ class TrainerConfig:
     #: Also keep ``checkpoints/epochNNN.ckpt`` every N epochs (0 = keep only ``last.ckpt``: a
     #: ResNet-18 MoCo v2 checkpoint is ~150 MB, a ResNet-50 one ~700 MB).
     keep_every_n_epochs: int = bounded(0, ge=0)
+    #: Lightning's profiler: ``simple`` (time per hook, incl. the wait for the next training batch,
+    #: ``[_TrainingEpochLoop].train_dataloader_next``) or ``advanced`` (cProfile); the report is printed at
+    #: the end and written to ``<run dir>/fit-profile.txt``. null = off.
+    profiler: Optional[str] = field(default=None, metadata={"choices": ("simple", "advanced")})
 
 
 @dataclass
