@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fgssl.eval.knn import weighted_knn_predict
-from fgssl.eval.linear import linear_probe, stratified_split
+from fgssl.eval.linear import linear_probe, stratified_folds, stratified_split
 from fgssl.eval.retrieval import retrieval_metrics
 from fgssl.eval.suite import METRIC_KEYS, format_table, write_metrics
 from fixtures import one_torch_thread
@@ -219,3 +219,35 @@ def test_retrieval_rejects_non_finite_features():
     feats[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         retrieval_metrics(feats, torch.arange(10) % 2)
+
+
+def test_stratified_folds_deal_each_class_evenly():
+    y = torch.tensor([0] * 23 + [1] * 10 + [2] * 2)
+    fold = stratified_folds(y, 5)
+    for c, n in ((0, 23), (1, 10), (2, 2)):
+        counts = torch.bincount(fold[y == c], minlength=5)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1  # round-robin within the class
+    assert torch.equal(fold, stratified_folds(y, 5)), "deterministic"
+
+
+def test_linear_probe_picks_the_wd_with_the_best_mean_over_folds():
+    """The chosen wd is the argmax of the held-out accuracy pooled over the k folds (recomputed here), and
+    the 10 % split of before stays available as folds=1."""
+    from fgssl.eval.linear import _accuracy, fit_logreg
+
+    x, y = _clusters(classes=4, per_class=15, seed=2, noise=1.2)
+    tx, ty = _clusters(classes=4, per_class=5, seed=2, noise=1.2, sample_seed=9)
+    grid = (0.0, 1e-2, 1e-1)
+    xn = torch.nn.functional.normalize(x, dim=1)
+    fold = stratified_folds(y, 3)
+    pooled = []
+    for wd in grid:
+        hits = 0.0
+        for f in range(3):
+            fit, held = fold != f, fold == f
+            hits += _accuracy(fit_logreg(xn[fit], y[fit], 4, wd, 30), xn[held], y[held], 4) * held.sum().item()
+        pooled.append(hits / len(y))
+    want = grid[max(range(len(grid)), key=lambda i: (pooled[i], -i))]
+    assert linear_probe(x, y, tx, ty, 4, wd_grid=grid, max_iter=30, folds=3)["wd"] == want
+    one = linear_probe(x, y, tx, ty, 4, wd_grid=grid, max_iter=30, folds=1)
+    assert one["wd"] in grid

@@ -178,9 +178,11 @@ class EvalConfig:
     max_images: Optional[int] = bounded(None, ge=1)
     #: Feature used for evaluation: ``auto`` (the method's embed hook), ``gap`` (plain GAP).
     feature: Feature = Feature.auto
-    #: Fast probe: weight-decay grid chosen on a 10 % split of train.
+    #: Fast probe: weight-decay grid, chosen by stratified k-fold cross-validation on train.
     linear_wd_grid: List[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
     linear_max_iter: int = bounded(200, ge=1)
+    #: Folds of that cross-validation (1 = one 10 % hold-out split, fgssl's probe before 2026-12-02).
+    linear_folds: int = bounded(5, ge=1)
     #: Retrieval chunk size (rows of the similarity matrix held at once).
     retrieval_chunk: int = bounded(1024, ge=1)
     #: Linear protocol: ``fast`` (cached-feature logistic regression, default) or

@@ -38,7 +38,7 @@ def run_evaluation(method, dm, cfg, device: torch.device, progress: bool = True)
     r = retrieval_metrics(te_f, te_y, chunk=e.retrieval_chunk)
     t_lin = time.perf_counter()
     lin = linear_probe(mem_f.cpu(), mem_y.cpu(), te_f.cpu(), te_y.cpu(), dm.num_classes,
-                       list(e.linear_wd_grid), e.linear_max_iter)
+                       list(e.linear_wd_grid), e.linear_max_iter, e.linear_folds)
     t_lin = time.perf_counter() - t_lin
     pred = weighted_knn_predict(te_f, mem_f, mem_y, dm.num_classes, e.knn_k, e.knn_t)
     knn = 100.0 * (pred == te_y).float().mean().item()
