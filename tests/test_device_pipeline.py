@@ -335,3 +335,20 @@ def test_eval_features_and_metrics_are_the_same_on_both_pipelines(tmp_path):
     got = [run_evaluation(method, dm, cfg, torch.device("cpu"), progress=False) for dm in (workers, device)]
     timing = {k for k in got[0] if k.endswith("_seconds")}
     assert {k: v for k, v in got[0].items() if k not in timing} == {k: v for k, v in got[1].items() if k not in timing}
+
+
+def test_with_data_cache_the_views_are_drawn_on_the_workers_paths_geometry(tmp_path):
+    """data.cache=true: the workers path crops its RAM copies (shorter side S); the device pipeline draws its
+    boxes in those copies' pixels too, so under an image's seed both draw the same crop box (and every other
+    parameter: the draws are torchvision's)."""
+    fx = make_imagefolder_set(tmp_path / "ds")
+    workers, device = _pair(fx, tmp_path, "data.cache=true")
+    rrc = v2.RandomResizedCrop(24, scale=(0.2, 1.0), antialias=True)
+    for i, img in enumerate(workers.train_set.cache):
+        assert device.train_pipe.sizes[i].tolist() == list(img.shape[-2:])
+        for seed in (sample_seed(0, e, i) for e in range(5)):
+            torch.manual_seed(seed)
+            box = rrc.make_params([img])
+            ours = dp.view_params(seed, *device.train_pipe.sizes[i].tolist(), device.train_pipe.knobs)[0]
+            assert [box[k] for k in ("top", "left", "height", "width")] == \
+                [int(ours[c]) for c in (dp.TOP, dp.LEFT, dp.HEIGHT, dp.WIDTH)]

@@ -194,6 +194,8 @@ class FGVRDataModule(pl.LightningDataModule):
                                        self.bad_log)
         if not split.samples or not test.samples:
             raise FgsslError(f"no readable image left in data={c.name} (root {c.root})")
+        if self.workers_cache_side:  # the views' geometry of the workers path's RAM copies: the same boxes per seed
+            split.sizes = devpipe.ram_copy_sizes(split.sizes, self.workers_cache_side)
         self.train_pipe = devpipe.DevicePipeline(split, c.image_size, knobs, budget)
         self.train_samples, self.test_samples = split.samples, test.samples
         if c.batch_size * self.world_size > len(self.train_samples):

@@ -95,6 +95,17 @@ def eval_decoder(size: int, pre_side: Optional[int] = None) -> Decoder:
     return decode
 
 
+def ram_copy_sizes(sizes: Tensor, side: int) -> Tensor:
+    """(H, W) of the workers path's RAM copies (``data.cache``: ``Resize(side)``, shorter edge to ``side``, the
+    longer one ``int(side * long / short)`` as torchvision computes it) of images of original ``sizes``."""
+    out = sizes.clone()
+    for n, (h, w) in enumerate(sizes.tolist()):
+        short, long = (h, w) if h <= w else (w, h)
+        new_long = int(side * long / short)
+        out[n] = torch.tensor((side, new_long) if h <= w else (new_long, side), dtype=sizes.dtype)
+    return out
+
+
 @dataclass
 class DecodedSplit:
     """A split decoded once: ``images`` (N, 3, S, S) uint8, ``sizes`` (N, 2) original (H, W), the kept samples."""

@@ -53,6 +53,7 @@ from fgssl.data.decoded import (  # noqa: F401
     default_cache_dir,
     eval_crop_cache,
     eval_decoder,
+    ram_copy_sizes,
 )
 from fgssl.data.device_ops import augment, crop_resize, hue_shift  # noqa: F401
 from fgssl.data.sampling import ResumableLoader, ResumableSampler
