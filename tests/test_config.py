@@ -153,3 +153,8 @@ def test_method_config_is_per_method():
     # an experiment's per-method values reach only their method
     assert compose_cfg(["experiment=cpu_evidence"]).method.queue_size == 2048
     assert "queue_size" not in compose_cfg(["experiment=cpu_evidence", "method=simsiam"]).method
+    # recipe.simsiam.lr: SimSiam at 4x its lr in cpu_evidence; the default and MoCo v2's lr untouched
+    assert compose_cfg(["experiment=cpu_evidence", "method=simsiam"]).method.lr == 0.2
+    assert compose_cfg(["method=simsiam"]).method.lr == 0.05
+    assert compose_cfg(["experiment=cpu_evidence"]).method.lr == compose_cfg([]).method.lr == 0.06
+    assert compose_cfg(["experiment=cpu_evidence", "method=simsiam", "method.lr=0.3"]).method.lr == 0.3
