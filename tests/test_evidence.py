@@ -223,3 +223,21 @@ def test_checkpoint_config_from_an_older_version_gets_new_keys_defaults(tmp_path
     (tmp_path / "checkpoints" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     with pytest.raises(FgsslError, match="does not fit this version of fgssl's config: .*shiny_new_knob"):
         load_run_config(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_evidence_ablation_rows_are_their_own_jobs(tmp_path, capsys):
+    """--ablations plans the diagnosis rows: each carries its extra override before the seed, has a folder
+    of its own (never a default row's) and is paired by seed with the default rows."""
+    from fgssl import evidence
+
+    default = {j.name for j in evidence.plan([0, 1])}
+    abl = evidence.plan([0, 1], evidence.ABLATIONS)[2:]
+    assert len(abl) == 2 * len(evidence.ABLATIONS)
+    assert abl[0].overrides == ("method=mocov2", "synthesis=syn", "rationale=none", "synthesis.decoder_lr=0.001",
+                                "seed=0")
+    assert not {j.name for j in abl} & default and len({j.name for j in abl}) == len(abl)
+    cmd = abl[0].command("cpu_evidence", tmp_path / "x")
+    assert "synthesis.decoder_lr=0.001" in cmd and "seed=0" in cmd
+    assert evidence.main(["status", "--ablations", "--seeds", "0", "--record", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 5 job(s)" in out and "rationale.weight_1.0_seed_0" in out

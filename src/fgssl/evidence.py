@@ -49,6 +49,18 @@ ROWS: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
+#: Diagnosis rows (``--ablations``; docs/evidence.md, "Diagnosing SYN and LCR"): each changes the one knob a
+#: measurement of the default rows pointed at, and is paired by seed with its default row.
+ABLATIONS: Tuple[Tuple[str, ...], ...] = (
+    # the decoder's images are colour blobs after 1,000 steps at Adam 1e-4: does a faster decoder help SYN?
+    ("mocov2", "syn", "none", "synthesis.decoder_lr=0.001"),
+    # the variance and Grad-CAM criteria agree at chance level: does the selection matter at all?
+    ("mocov2", "syn", "none", "synthesis.criterion=random"),
+    # the branch's only gradient is weight x dL_fit, and L_fit stays flat at weight 0.01: a branch that fits
+    ("mocov2", "none", "lcr", "rationale.weight=1.0"),
+)
+
+
 @dataclass(frozen=True)
 class Job:
     kind: str  # "train" or a floor ("colorhist", "random")
@@ -74,12 +86,13 @@ class Job:
         return any(any((record / self.name).glob(f)) for f in FLOOR_FILES)  # FLOOR_FILES are name patterns
 
 
-def plan(seeds: Sequence[int], rows: Sequence[Tuple[str, str, str]] = ROWS) -> List[Job]:
+def plan(seeds: Sequence[int], rows: Sequence[Tuple[str, ...]] = ROWS) -> List[Job]:
     """Floors first, then seed-major order: every row of seed 0, then of seed 1, ... (paired
-    comparisons become available as early as possible)."""
+    comparisons become available as early as possible). A row is (method, synthesis, rationale, *more
+    overrides)."""
     jobs = [Job("colorhist", ()), Job("random", ())]
-    for seed, (m, s, r) in itertools.product(seeds, rows):
-        jobs.append(Job("train", (f"method={m}", f"synthesis={s}", f"rationale={r}", f"seed={seed}")))
+    for seed, (m, s, r, *more) in itertools.product(seeds, rows):
+        jobs.append(Job("train", (f"method={m}", f"synthesis={s}", f"rationale={r}", *more, f"seed={seed}")))
     return jobs
 
 
@@ -128,6 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         c.add_argument("--record", default=None, help="committed records (default docs/evidence/<experiment>)")
         c.add_argument("--shard", default=None, help="I/N: run every N-th job of the plan, starting at I")
         c.add_argument("--only", default=None, help="only jobs whose name contains this text (e.g. mocov2)")
+        c.add_argument("--ablations", action="store_true",
+                       help="the diagnosis rows (ABLATIONS) instead of the comparison")
         c.add_argument("extra", nargs="*", help="more Hydra overrides for every job (e.g. trainer=gpu)")
     c = sub.add_parser("collect", help="copy finished jobs' metrics, curves and configs from SRC to DST")
     c.add_argument("src")
@@ -151,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = Path(a.work or f"multirun/{a.experiment}")
     record = Path(a.record or ROOT / "docs" / "evidence" / a.experiment)
     i, n = _shard(a.shard)
-    jobs = [j for k, j in enumerate(plan(seeds)) if k % n == i and (a.only is None or a.only in j.name)]
+    rows = ABLATIONS if a.ablations else ROWS
+    jobs = [j for k, j in enumerate(plan(seeds, rows)) if k % n == i and (a.only is None or a.only in j.name)]
     todo = [j for j in jobs if not j.done(record)]
     print(f"evidence {a.experiment}: {len(jobs) - len(todo)} of {len(jobs)} job(s) recorded in {record}")
     if a.cmd == "status":
