@@ -26,6 +26,7 @@ def test_bench_pipelines_alone_augment_and_peer(tmp_path: Path, tiny_imagefolder
     for r in pipes:
         assert r["ratio"] == pytest.approx(r["ms_real"] / r["ms_synthetic"])
     assert pipes[0]["symmetric"] is False and pipes[0]["held_in"] == "RAM"
+    assert pipes[0]["views_by"] == "main process" and pipes[1]["views_by"] is None  # --workers 0
     alone = [r for r in recs if r["kind"] == "pipeline_loader"]
     assert [r["pipeline"] for r in alone] == ["device", "workers"] and all(r["images_per_s"] > 0 for r in alone)
     aug = next(r for r in recs if r["kind"] == "augment")

@@ -43,6 +43,7 @@ def _pipeline_row(a, cfg, method: str, pipeline: str, dms: Dict[str, Any], syn_m
         loader = dm.train_dataloader()
         if len(loader) < a.warmup + a.steps:
             raise RuntimeError(f"the train loader has {len(loader)} batches < warm-up + steps")
+        views_by = ("workers" if loader.in_workers else "main process") if pipeline == "device" else None
         real = time_training(cfg, loader, a.steps, a.warmup, a.device, meter)
         del loader
     except Exception as e:  # noqa: BLE001
@@ -52,7 +53,8 @@ def _pipeline_row(a, cfg, method: str, pipeline: str, dms: Dict[str, Any], syn_m
     where = getattr(getattr(dm, "train_pipe", None), "where", "") if pipeline == "device" else ""
     put({"kind": "pipeline", "method": method, "pipeline": pipeline, "data": str(cfg.data.name),
          "workers": int(cfg.data.num_workers) if pipeline == "workers" else None, "held_in": where,
-         "ms_real": real["ms_per_step"], "ms_synthetic": syn_ms, "ratio": real["ms_per_step"] / syn_ms,
+         "views_by": views_by, "ms_real": real["ms_per_step"], "ms_synthetic": syn_ms,
+         "ratio": real["ms_per_step"] / syn_ms,
          "symmetric": bool(cfg.method.get("symmetric"))})
     print(f"fgssl.bench: {method} {pipeline} pipeline: {real['ms_per_step']:.1f} ms/step (synthetic {syn_ms:.1f})",
           file=sys.stderr, flush=True)

@@ -82,6 +82,7 @@ def _pipeline_lines(records: Records) -> List[str]:
         out += [f"  {r['method']}{' (one-directional)' if r['method'] == 'mocov2' and not r['symmetric'] else ''} "
                 f"{r['pipeline']}: {r['ratio']:.2f}x ({r['ms_real']:.1f} vs {r['ms_synthetic']:.1f} ms)"
                 + (f", cache in {r['held_in']}" if r.get("held_in") else "")
+                + (f", views drawn by the {r['views_by']}" if r.get("views_by") else "")
                 + (f", {r['workers']} workers" if r.get("workers") is not None else "") for r in pipes]
     loaders = [r for r in records if r["kind"] == "pipeline_loader"]
     if loaders:

@@ -264,9 +264,10 @@ class FGVRDataModule(pl.LightningDataModule):
         nw = self.cfg.num_workers
         if self.pipeline == "device":
             dev = self._place()
-            # GPU: workers draw the parameters, the views are drawn on the GPU; CPU: each worker draws whole
-            # batches of views (batched ops on the shared cache), overlapped with the step
-            return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done, in_workers=dev.type == "cpu",
+            # GPU: workers draw the parameters, the views are drawn on the GPU; CPU with a core to spare: each
+            # worker draws whole batches of views (batched ops on the shared cache), overlapped with the step
+            return devpipe.DeviceTrainLoader(self.train_pipe, sampler, batches_done,
+                                             in_workers=devpipe.views_in_workers(dev, nw),
                                              num_workers=nw, persistent_workers=nw > 0,
                                              worker_init_fn=QuietWorkerInit(lightning_seed=True))
         self.say()
