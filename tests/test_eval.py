@@ -251,3 +251,17 @@ def test_linear_probe_picks_the_wd_with_the_best_mean_over_folds():
     assert linear_probe(x, y, tx, ty, 4, wd_grid=grid, max_iter=30, folds=3)["wd"] == want
     one = linear_probe(x, y, tx, ty, 4, wd_grid=grid, max_iter=30, folds=1)
     assert one["wd"] in grid
+
+
+def test_linear_probe_with_one_image_per_class():
+    """eval.max_images below the number of classes leaves one image per class: no fold may hold out a
+    class's only image (the 5-fold probe's first version held out everything in fold 0 and L-BFGS failed on
+    an empty fit set, IndexError in torch's line search); nothing to choose from, so the grid's first wd."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 16, generator=g), torch.arange(12)
+    assert (stratified_folds(y, 5) == -1).all()
+    out = linear_probe(x, y, x, y, 12, wd_grid=(1e-4, 0.0), max_iter=20)
+    assert out["wd"] == 1e-4 and out["top1"] == 100.0
+    y2 = torch.tensor([0, 0, 0, 1, 2, 2])  # class 1 has one image: never held out, in every fit set
+    fold = stratified_folds(y2, 3)
+    assert fold[3] == -1 and sorted(fold[y2 == 0].tolist()) == [0, 1, 2]

@@ -53,22 +53,27 @@ def stratified_split(y: Tensor, frac: float = 0.1, seed: int = 0) -> Tuple[Tenso
 
 
 def stratified_folds(y: Tensor, k: int, seed: int = 0) -> Tensor:
-    """Fold number (0..k-1) of every row: each class's rows, shuffled, are dealt round-robin to the folds."""
+    """Fold number (0..k-1) of every row: each class's rows, shuffled, are dealt round-robin to the folds.
+    A class's only image gets -1: it is never held out (as in :func:`stratified_split`), so no fold is left
+    without it in the fit."""
     g = torch.Generator().manual_seed(seed)
     fold = torch.empty(len(y), dtype=torch.long)
     for c in y.unique():
         idx = (y == c).nonzero().flatten().cpu()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        fold[idx] = torch.arange(len(idx)) % k
+        fold[idx] = torch.arange(len(idx)) % k if len(idx) > 1 else -1
     return fold
 
 
 def _held_out_splits(y: Tensor, folds: int):
-    """(fit, held-out) index pairs: k stratified folds, or (folds=1) one 10 % split."""
+    """(fit, held-out) index pairs: k stratified folds, or (folds=1) one 10 % split; a pair with an empty
+    side is left out (e.g. ``eval.max_images`` smaller than the number of classes)."""
     if folds <= 1:
-        return [stratified_split(y)]
-    fold = stratified_folds(y, folds)
-    return [((fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()) for f in range(folds)]
+        pairs = [stratified_split(y)]
+    else:
+        fold = stratified_folds(y, folds)
+        pairs = [((fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()) for f in range(folds)]
+    return [(f, h) for f, h in pairs if len(f) > 0 and len(h) > 0]
 
 
 def _accuracy(lin: torch.nn.Linear, x: Tensor, y: Tensor, num_classes: int) -> float:
@@ -84,7 +89,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     the folds wins (the first in grid order on a tie)."""
     train_x = F.normalize(train_x.float(), dim=1)
     test_x = F.normalize(test_x.float(), dim=1)
-    splits = [(f, h) for f, h in _held_out_splits(train_y, folds) if len(h) > 0]
+    splits = _held_out_splits(train_y, folds)
     best_wd, best_acc = wd_grid[0], -1.0
     if len(wd_grid) > 1 and splits:
         for wd in wd_grid:
