@@ -98,7 +98,8 @@ def test_results_floor_rows_and_paired_differences(tmp_path, capsys):
     n = 0
     for name, vals in (("none", base), ("syn", syn)):
         for seed, v in vals.items():
-            make_job(root, n, [f"synthesis={name}", f"seed={seed}"], {"test/retrieval_map": v}, seed=seed)
+            make_job(root, n, [f"synthesis={name}", f"seed={seed}"], {"test/retrieval_map": v, "test/linear_wd": 1e-05},
+                     seed=seed)
             n += 1
     (root / "floors" / "colorhist").mkdir(parents=True)
     (root / "floors" / "colorhist" / "metrics_eval_colorhist.json").write_text(json.dumps({"test/retrieval_map": 6.0}))
@@ -107,8 +108,9 @@ def test_results_floor_rows_and_paired_differences(tmp_path, capsys):
 
     assert results.main([str(root), "--baseline", "synthesis=none", "--no-write"]) == 0
     out = capsys.readouterr().out
-    assert "| floor: colour histogram (ckpt=colorhist) | 1 | None | 6.00 |" in out
-    assert "| floor: untrained network (ckpt=random) | 1 | None | 4.50 |" in out
+    assert "| floor: colour histogram (ckpt=colorhist) | 1 | – | 6.00 |" in out
+    assert "| floor: untrained network (ckpt=random) | 1 | – | 4.50 |" in out
+    assert "| 1e-05 ± 0.00 |" in out, "a small non-zero value (the probe's wd) is not printed as 0.00"
     d = [1.0, 0.5, 2.0]
     m = sum(d) / 3
     half = t.ppf(0.975, 2) * statistics.stdev(d) / 3 ** 0.5

@@ -239,6 +239,12 @@ def missing_lines(root: Path, jobs: Sequence[Job], failed: Sequence[Job], missin
 
 
 # ====================================================================== output
+def _num(x: float, digits: int) -> str:
+    """``x`` to ``digits`` decimals, or to 2 significant digits when that would print a non-zero value as 0
+    (e.g. the probe's weight decay 1e-05)."""
+    return f"{x:.2g}" if 0 < abs(x) < 0.5 * 10 ** -digits else f"{x:.{digits}f}"
+
+
 def _table(groups: Sequence[Group], floors: Sequence[Group], names: Sequence[str], varying: Sequence[str],
            digits: int) -> Tuple[List[str], List[Dict[str, Any]]]:
     """The main table: markdown lines and csv rows, floors first, one row per configuration."""
@@ -248,7 +254,7 @@ def _table(groups: Sequence[Group], floors: Sequence[Group], names: Sequence[str
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|")
     for g in [*floors, *groups]:
-        cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds)]
+        cells = [_label(g, varying), str(len(g.jobs)), ",".join(str(s) for s in g.seeds if s is not None) or "–"]
         row: Dict[str, Any] = {"configuration": _label(g, varying)}
         for k in varying:
             row[k] = _value(g, k)
@@ -260,7 +266,7 @@ def _table(groups: Sequence[Group], floors: Sequence[Group], names: Sequence[str
             if m is None:
                 cells.append("–")
                 continue
-            txt = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+            txt = _num(m, digits) + (f" ± {_num(s, digits)}" if s is not None else "")
             if len(vals) != len(g.jobs):
                 txt += f" (n={len(vals)})"
             cells.append(txt)
