@@ -15,7 +15,7 @@ or 1e-4 and test top-1 14.98, 19.23 or 17.75 (docs/evidence.md); the whole
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +39,18 @@ def fit_logreg(x: Tensor, y: Tensor, num_classes: int, wd: float, max_iter: int 
     return lin
 
 
-def stratified_split(y: Tensor, frac: float = 0.1, seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """Indices (fit, held-out) with about ``frac`` of every class held out."""
+def _shuffled_classes(y: Tensor, seed: int) -> Iterator[Tensor]:
+    """Each class's row indices, shuffled, class by class (one generator: the same draws for a given ``y``)."""
     g = torch.Generator().manual_seed(seed)
-    fit, held = [], []
     for c in y.unique():
         idx = (y == c).nonzero().flatten().cpu()
-        idx = idx[torch.randperm(len(idx), generator=g)]
+        yield idx[torch.randperm(len(idx), generator=g)]
+
+
+def stratified_split(y: Tensor, frac: float = 0.1, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """Indices (fit, held-out) with about ``frac`` of every class held out."""
+    fit, held = [], []
+    for idx in _shuffled_classes(y, seed):
         n_held = int(round(frac * len(idx))) if len(idx) > 1 else 0
         held.append(idx[:n_held])
         fit.append(idx[n_held:])
@@ -56,11 +61,8 @@ def stratified_folds(y: Tensor, k: int, seed: int = 0) -> Tensor:
     """Fold number (0..k-1) of every row: each class's rows, shuffled, are dealt round-robin to the folds.
     A class's only image gets -1: it is never held out (as in :func:`stratified_split`), so no fold is left
     without it in the fit."""
-    g = torch.Generator().manual_seed(seed)
     fold = torch.empty(len(y), dtype=torch.long)
-    for c in y.unique():
-        idx = (y == c).nonzero().flatten().cpu()
-        idx = idx[torch.randperm(len(idx), generator=g)]
+    for idx in _shuffled_classes(y, seed):
         fold[idx] = torch.arange(len(idx)) % k if len(idx) > 1 else -1
     return fold
 
@@ -82,6 +84,13 @@ def _accuracy(lin: torch.nn.Linear, x: Tensor, y: Tensor, num_classes: int) -> f
     return 100.0 * multiclass_accuracy(pred, y, num_classes=num_classes, average="micro").item()
 
 
+def _held_out_accuracy(x: Tensor, y: Tensor, splits, num_classes: int, wd: float, max_iter: int) -> float:
+    """Held-out top-1 of a probe at weight decay ``wd``, pooled over the splits (each fitted on its own fit set)."""
+    hits = sum(_accuracy(fit_logreg(x[f], y[f], num_classes, wd, max_iter), x[h], y[h], num_classes) * len(h)
+               for f, h in splits)
+    return hits / sum(len(h) for _, h in splits)
+
+
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int,
                  wd_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3), max_iter: int = 200,
                  folds: int = 5) -> Dict[str, float]:
@@ -93,8 +102,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     best_wd, best_acc = wd_grid[0], -1.0
     if len(wd_grid) > 1 and splits:
         for wd in wd_grid:
-            acc = sum(_accuracy(fit_logreg(train_x[f], train_y[f], num_classes, wd, max_iter), train_x[h],
-                                train_y[h], num_classes) * len(h) for f, h in splits) / sum(len(h) for _, h in splits)
+            acc = _held_out_accuracy(train_x, train_y, splits, num_classes, wd, max_iter)
             if acc > best_acc:
                 best_wd, best_acc = wd, acc
     lin = fit_logreg(train_x, train_y, num_classes, best_wd, max_iter)
