@@ -48,9 +48,11 @@ lint: install
 # Each finished job's record lands in docs/evidence/<experiment>/ (commit it): rerunning continues where
 # the last run stopped, on any clone. On a GPU: make evidence EXPERIMENT=gpu_evidence
 EXPERIMENT ?= cpu_evidence
+# jobs at a time, the cores split between them (make evidence JOBS=2: two one-thread jobs on a 2-core CPU)
+JOBS ?= 1
 EVREC := docs/evidence/$(EXPERIMENT)
 evidence: install
-	$(BIN)/python -m fgssl.evidence run --experiment $(EXPERIMENT) $(ARGS)
+	$(BIN)/python -m fgssl.evidence run --experiment $(EXPERIMENT) --jobs $(JOBS) $(ARGS)
 	$(BIN)/python -m fgssl.results $(EVREC)/mocov2 --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
 	$(BIN)/python -m fgssl.results $(EVREC)/simsiam --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
 	$(BIN)/python -m fgssl.curves $(EVREC) --out $(EVREC)/curves.png

@@ -243,3 +243,84 @@ def test_evidence_ablation_rows_are_their_own_jobs(tmp_path, capsys):
     assert evidence.main(["status", "--ablations", "--seeds", "0", "--record", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "0 of 5 job(s)" in out and "rationale.weight_1.0_seed_0" in out
+
+
+def test_evidence_jobs_run_concurrently_on_split_cores_and_are_all_recorded(tmp_path, monkeypatch, capsys):
+    """--jobs 2 keeps two jobs in flight (the next starts when either ends), gives each half the cores,
+    writes each job's output to its run folder, records every finished job and reports the failed one."""
+    from fgssl import evidence
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(evidence, "_cores", lambda: 4)
+    live, peak, envs = [], [0], []
+
+    class FakeProc:
+        def __init__(self, cmd, cwd, env, stdout, stderr):
+            self.cmd, self.polls = cmd, 0
+            self.run_dir = Path([c for c in cmd if c.startswith(("hydra.run.dir=", "out_dir="))][0].split("=", 1)[1])
+            envs.append(env)
+            stdout.write("training...\n")
+            live.append(self)
+            peak[0] = max(peak[0], len(live))
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < (3 if "method=mocov2" in self.cmd else 1):  # MoCo jobs take longer
+                return None
+            live.remove(self)
+            if {"seed=1", "method=simsiam", "synthesis=none", "rationale=none"} <= set(self.cmd):
+                return 1
+            name = "metrics_eval_colorhist.json" if "ckpt=colorhist" in self.cmd else (
+                "metrics_eval_random.json" if "ckpt=random" in self.cmd else "metrics.json")
+            (self.run_dir / name).write_text("{}")
+            return 0
+
+        def terminate(self):
+            raise AssertionError("nothing is left running after a normal end")
+
+    monkeypatch.setattr(evidence.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(evidence.subprocess, "run", lambda *a, **k: pytest.fail("--jobs 2 runs no job inline"))
+    record, work = tmp_path / "record", tmp_path / "work"
+    args = ["--seeds", "0,1", "--work", str(work), "--record", str(record), "--jobs", "2"]
+    orig = evidence.run_jobs
+    monkeypatch.setattr(evidence, "run_jobs", lambda *a, **k: orig(*a, **{**k, "poll_s": 0.0}))
+    assert evidence.main(["run", *args]) == 1
+    assert peak[0] == 2 and not live
+    assert all(e["OMP_NUM_THREADS"] == "2" and e["MKL_NUM_THREADS"] == "2" for e in envs)
+    assert len(envs) == 2 + 7 * 2
+    recorded = {p.parent.relative_to(record).as_posix() for p in record.rglob("metrics*.json")}
+    assert len(recorded) == len(envs) - 1 and "simsiam/synthesis_none_rationale_none_seed_1" not in recorded
+    assert (work / "mocov2/synthesis_syn_rationale_lcr_seed_1/evidence.log").read_text() == "training...\n"
+    out, err = capsys.readouterr()
+    assert "done: mocov2/synthesis_none_rationale_none_seed_0 after" in out
+    assert "FAILED (exit 1" in out and "failed: simsiam/synthesis_none_rationale_none_seed_1" in err
+    assert evidence.main(["run", *args[:-2], "--jobs", "0"]) == 2
+    assert "--jobs 0 must be at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert evidence._job_env(2) is None  # the user's own thread count wins
+
+
+def test_evidence_interrupted_pool_stops_its_jobs(tmp_path, monkeypatch):
+    """Ctrl-C while jobs run: every running job is terminated and waited for (a rerun resumes them)."""
+    from fgssl import evidence
+
+    stopped = []
+
+    class FakeProc:
+        def __init__(self, cmd, **kw):
+            self.name = cmd[-1]
+
+        def poll(self):
+            raise KeyboardInterrupt
+
+        def terminate(self):
+            stopped.append(self.name)
+
+        def wait(self):
+            return -15
+
+    monkeypatch.setattr(evidence.subprocess, "Popen", FakeProc)
+    jobs = evidence.plan([0])[2:5]
+    with pytest.raises(KeyboardInterrupt):
+        evidence.run_jobs(jobs, "cpu_evidence", tmp_path / "w", tmp_path / "r", n_jobs=2, poll_s=0.0)
+    assert len(stopped) == 2 and not (tmp_path / "r").exists()

@@ -10,8 +10,8 @@ where the last one stopped; a job interrupted on this machine resumes from its o
 (rerunning train.py in the same run folder, the usual fgssl resume).
 
     python -m fgssl.evidence run                       # the whole plan, one job at a time
-    python -m fgssl.evidence run --shard 0/2 &         # or split it over two processes
-    python -m fgssl.evidence run --shard 1/2 &         #   (OMP_NUM_THREADS=1 each on 2 cores)
+    python -m fgssl.evidence run --jobs 2              # two jobs at a time, the cores split between them
+    python -m fgssl.evidence run --shard 0/2           # or split the plan over processes or machines
     python -m fgssl.evidence status                    # done / to do
     python -m fgssl.evidence collect SRC DST           # copy finished records by hand
 
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -118,6 +120,73 @@ def collect(src: Path, dst: Path) -> List[Path]:
     return unfinished
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _job_env(n_jobs: int) -> Optional[dict]:
+    """The environment of one of ``n_jobs`` concurrent jobs: the cores split evenly between them (torch's
+    default would give every job all of them, and ``n_jobs`` processes fighting over every core run slower
+    than each on its own share). A thread count the user set (OMP_NUM_THREADS) is kept."""
+    if n_jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    threads = str(max(1, _cores() // n_jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, extra: Sequence[str] = (),
+             n_jobs: int = 1, poll_s: float = 5.0) -> List[str]:
+    """Run ``todo`` with at most ``n_jobs`` at a time, recording each job as soon as it finishes; returns the
+    names of the failed jobs. One job at a time shows its own output; several at a time write it to
+    ``<run folder>/evidence.log`` and print one line as each starts and ends. The next job starts as soon as
+    any running one ends (a long SYN job does not hold back a shard of short ones, as ``--shard`` would).
+    Interrupting stops the running jobs; a rerun resumes them from their checkpoints."""
+    failed: List[str] = []
+    env = _job_env(n_jobs)
+    queue = list(enumerate(todo, 1))
+    running: List[Tuple[Job, subprocess.Popen, float, object]] = []
+
+    def finish(job: Job, rc: int, started: float) -> None:
+        if rc != 0:
+            failed.append(job.name)
+        else:
+            collect(work / job.name, record / job.name)
+        if n_jobs > 1:
+            state = "done" if rc == 0 else f"FAILED (exit {rc}; log: {work / job.name / 'evidence.log'})"
+            print(f"  {state}: {job.name} after {(time.monotonic() - started) / 60:.1f} min", flush=True)
+
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, n_jobs):
+                k, job = queue.pop(0)
+                run_dir = work.resolve() / job.name
+                cmd = job.command(experiment, run_dir, extra)
+                print(f"[{k}/{len(todo)}] {job.name}\n  $ {' '.join(cmd[1:])}", flush=True)
+                if n_jobs <= 1:
+                    started = time.monotonic()
+                    finish(job, subprocess.run(cmd, cwd=ROOT).returncode, started)
+                    continue
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / "evidence.log", "a")
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                running.append((job, proc, time.monotonic(), log))
+            for entry in list(running):
+                job, proc, started, log = entry
+                rc = proc.poll()
+                if rc is not None:
+                    running.remove(entry)
+                    log.close()
+                    finish(job, rc, started)
+            if running:
+                time.sleep(poll_s)
+    finally:
+        for job, proc, _, log in running:  # interrupted: stop the children (they resume on a rerun)
+            proc.terminate()
+            proc.wait()
+            log.close()
+    return failed
+
+
 def _shard(text: Optional[str]) -> Tuple[int, int]:
     if not text:
         return 0, 1
@@ -141,6 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         c.add_argument("--record", default=None, help="committed records (default docs/evidence/<experiment>)")
         c.add_argument("--shard", default=None, help="I/N: run every N-th job of the plan, starting at I")
         c.add_argument("--only", default=None, help="only jobs whose name contains this text (e.g. mocov2)")
+        c.add_argument("--jobs", type=int, default=1,
+                       help="jobs at a time, the CPU cores split evenly between them (default 1)")
         c.add_argument("--ablations", action="store_true",
                        help="the diagnosis rows (ABLATIONS) instead of the comparison")
         c.add_argument("extra", nargs="*", help="more Hydra overrides for every job (e.g. trainer=gpu)")
@@ -174,14 +245,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for j in todo:
             print(f"  to do: {j.name}")
         return 0
-    failed = []
-    for k, j in enumerate(todo, 1):
-        cmd = j.command(a.experiment, work.resolve() / j.name, a.extra)
-        print(f"[{k}/{len(todo)}] {j.name}\n  $ {' '.join(cmd[1:])}", flush=True)
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            failed.append(j.name)
-            continue
-        collect(work / j.name, record / j.name)
+    if a.jobs < 1:
+        print(f"fgssl error: --jobs {a.jobs} must be at least 1", file=sys.stderr)
+        return 2
+    failed = run_jobs(todo, a.experiment, work, record, a.extra, a.jobs)
     for name in failed:
         print(f"failed: {name} (its log is in {work / name}); rerun to retry", file=sys.stderr)
     return 1 if failed else 0
