@@ -180,7 +180,7 @@ def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, ext
             if running:
                 time.sleep(poll_s)
     finally:
-        for job, proc, _, log in running:  # interrupted: stop the children (they resume on a rerun)
+        for _job, proc, _, log in running:  # interrupted: stop the children (they resume on a rerun)
             proc.terminate()
             proc.wait()
             log.close()
