@@ -324,3 +324,34 @@ def test_evidence_interrupted_pool_stops_its_jobs(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         evidence.run_jobs(jobs, "cpu_evidence", tmp_path / "w", tmp_path / "r", n_jobs=2, poll_s=0.0)
     assert len(stopped) == 2 and not (tmp_path / "r").exists()
+
+
+def test_curves_group_seeds_into_mean_and_std_per_configuration(tmp_path, capsys):
+    """--group-seeds: runs whose labels differ only in the seed become one line (mean over the seeds, sample
+    std, epochs every seed has); --only keeps matching labels, and a filter matching nothing is one line."""
+    import statistics
+
+    from fgssl import curves
+
+    runs = {"mocov2/synthesis_syn_seed_0": [5.0, 6.0, 8.0], "mocov2/synthesis_syn_seed_1": [5.0, 7.0],
+            "mocov2/synthesis_syn_seed_2": [6.0, 8.0, 9.0], "mocov2/synthesis_none_seed_0": [4.0, 4.5, 5.0]}
+    for run, vals in runs.items():
+        (tmp_path / run).mkdir(parents=True)
+        pts = [{"epoch": 2 * e, "test/retrieval_map": v, "test/knn_top1": 10 * v} for e, v in enumerate(vals)]
+        (tmp_path / run / "curve.json").write_text(json.dumps({"points": pts}))
+    found, _ = curves.collect([tmp_path])
+    grouped = curves.group_seeds(found)
+    assert sorted(grouped) == ["mocov2/synthesis_none (1 seed)", "mocov2/synthesis_syn (3 seeds)"]
+    syn = grouped["mocov2/synthesis_syn (3 seeds)"]
+    assert [p["epoch"] for p in syn] == [0, 2]  # seed 1 has no epoch-4 point
+    assert syn[1]["test/retrieval_map"] == pytest.approx(7.0)
+    assert syn[1]["test/retrieval_map/std"] == pytest.approx(statistics.stdev([6.0, 7.0, 8.0]))
+    assert syn[1]["test/knn_top1"] == pytest.approx(70.0)
+    assert grouped["mocov2/synthesis_none (1 seed)"][2]["test/retrieval_map/std"] == 0.0
+    out = tmp_path / "g.png"
+    assert curves.main([str(tmp_path), "--group-seeds", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and "2 curve(s)" in capsys.readouterr().out
+    assert curves.main([str(tmp_path), "--only", "seed_0", "--out", str(out)]) == 0
+    assert "2 curve(s)" in capsys.readouterr().out
+    assert curves.main([str(tmp_path), "--only", "seed_7", "--out", str(out)]) == 2
+    assert "--only 'seed_7' matches none of the 4 runs" in capsys.readouterr().err

@@ -6,11 +6,18 @@ top-1 and kNN top-1 against epochs. The floors found under the same directories
 (``metrics_eval_colorhist*.json``, ``metrics_eval_random*.json``, from ``evaluate.py ckpt=colorhist`` /
 ``ckpt=random``) are drawn as horizontal lines. Writes one PNG (``--out``, default
 ``<first DIR>/curves.png``).
+
+A sweep of several seeds per configuration (the evidence sweep: 7 rows x 3 seeds) is unreadable as one
+line per run: ``--group-seeds`` draws one line per configuration (the runs whose labels differ only in
+``seed``), the mean over its seeds, with a band of +-1 standard deviation; ``--only TEXT`` keeps the runs
+whose label contains TEXT (e.g. ``seed_0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,6 +45,34 @@ def collect(dirs: Sequence[Path]) -> Tuple[Dict[str, List[dict]], Dict[str, Dict
     return curves, floors
 
 
+#: ``..._seed_3`` (fgssl's run folder names) or ``seed=3`` (Hydra's) in a run's label.
+_SEED = re.compile(r"([_,/]?)seed[_=]\d+")
+
+
+def group_seeds(curves: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+    """One curve per configuration: runs whose labels differ only in the seed are averaged epoch by epoch
+    (over the epochs every seed has); each point carries ``<metric>/std`` (sample std, 0 for one seed) and
+    the label says how many seeds it pools."""
+    groups: Dict[str, List[List[dict]]] = {}
+    for label, points in curves.items():
+        groups.setdefault(_SEED.sub("", label) or label, []).append(points)
+    out: Dict[str, List[dict]] = {}
+    for label, runs in groups.items():
+        epochs = sorted(set.intersection(*({p["epoch"] for p in pts} for pts in runs)))
+        merged = []
+        for e in epochs:
+            at = [next(p for p in pts if p["epoch"] == e) for pts in runs]
+            point: Dict[str, float] = {"epoch": e}
+            for key, _ in PANELS:
+                vals = [p[key] for p in at if key in p]
+                if len(vals) == len(at):
+                    point[key] = statistics.fmean(vals)
+                    point[f"{key}/std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            merged.append(point)
+        out[f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"] = merged
+    return out
+
+
 def plot(curves: Dict[str, List[dict]], floors: Dict[str, Dict[str, float]], out: Path,
          title: Optional[str] = None) -> Path:
     import matplotlib
@@ -50,7 +85,12 @@ def plot(curves: Dict[str, List[dict]], floors: Dict[str, Dict[str, float]], out
         for label, points in curves.items():
             pts = [(p["epoch"], p[key]) for p in points if key in p]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+                (line,) = ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+                band = [(p["epoch"], p[key], p[f"{key}/std"]) for p in points if p.get(f"{key}/std")]
+                if band:
+                    e, m, sd = zip(*band)
+                    ax.fill_between(e, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                                    color=line.get_color(), alpha=0.15, lw=0)
         for (label, m), style in zip(floors.items(), ("--", ":")):
             if key in m:
                 ax.axhline(m[key], color="k", ls=style, lw=1, label=label)
@@ -76,6 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("dirs", nargs="+", help="run or sweep directories holding curve.json files")
     p.add_argument("--out", default=None, help="PNG to write (default: <first dir>/curves.png)")
     p.add_argument("--title", default=None)
+    p.add_argument("--group-seeds", action="store_true",
+                   help="one line per configuration: the mean over its seeds, with a +-1 std band")
+    p.add_argument("--only", default=None, help="only the runs whose label contains this text (e.g. seed_0)")
     a = p.parse_args(argv)
     dirs = [Path(d).expanduser() for d in a.dirs]
     for d in dirs:
@@ -83,10 +126,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fgssl error: {d} is not a directory", file=sys.stderr)
             return 2
     curves, floors = collect(dirs)
+    if a.only is not None and curves:
+        labels = sorted(curves)
+        curves = {k: v for k, v in curves.items() if a.only in k}
+        if not curves:
+            print(f"fgssl error: --only {a.only!r} matches none of the {len(labels)} runs ({', '.join(labels[:3])}"
+                  f"{', ...' if len(labels) > 3 else ''})", file=sys.stderr)
+            return 2
     if not curves:
         print(f"fgssl error: no {CURVE_FILE} under {', '.join(map(str, dirs))} (train with eval.every_n_epochs=N)",
               file=sys.stderr)
         return 2
+    if a.group_seeds:
+        curves = group_seeds(curves)
     out = plot(curves, floors, Path(a.out) if a.out else dirs[0] / "curves.png", a.title)
     print(f"{len(curves)} curve(s), {len(floors)} floor(s): {out}")
     return 0
