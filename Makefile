@@ -53,8 +53,8 @@ JOBS ?= 1
 EVREC := docs/evidence/$(EXPERIMENT)
 evidence: install
 	$(BIN)/python -m fgssl.evidence run --experiment $(EXPERIMENT) --jobs $(JOBS) $(ARGS)
-	$(BIN)/python -m fgssl.results $(EVREC)/mocov2 --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
-	$(BIN)/python -m fgssl.results $(EVREC)/simsiam --floors $(EVREC)/floors --baseline synthesis=none,rationale=none
+	$(BIN)/python -m fgssl.results $(EVREC)/mocov2 --floors $(EVREC)/floors --baseline synthesis=none,rationale=none --evals last_feature-gap
+	$(BIN)/python -m fgssl.results $(EVREC)/simsiam --floors $(EVREC)/floors --baseline synthesis=none,rationale=none --evals last_feature-gap
 	$(BIN)/python -m fgssl.curves $(EVREC)/mocov2 $(EVREC)/floors --group-seeds --out $(EVREC)/curves_mocov2.png
 	$(BIN)/python -m fgssl.curves $(EVREC)/simsiam $(EVREC)/floors --group-seeds --out $(EVREC)/curves_simsiam.png
 

@@ -172,9 +172,14 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
     record, work = tmp_path / "record", tmp_path / "work"
     (record / jobs[2].name).mkdir(parents=True)
     (record / jobs[2].name / "metrics.json").write_text("{}")  # recorded by an earlier session
-    ran = []
+    ran, gap_evals = [], []
 
-    def fake_run(cmd, cwd):
+    def fake_run(cmd, cwd, **kw):
+        if "eval.feature=gap" in cmd:  # an LCR row's GAP evaluation of its checkpoint
+            ckpt = Path([c for c in cmd if c.startswith("ckpt=")][0].split("=", 1)[1])
+            (ckpt.parent.parent / "metrics_eval_last_feature-gap.json").write_text("{}")
+            gap_evals.append(ckpt)
+            return subprocess.CompletedProcess(cmd, 0)
         run_dir = Path([c for c in cmd if c.startswith("hydra.run.dir=")][0].split("=", 1)[1])
         ran.append(cmd)
         if "seed=1" in cmd and "method=simsiam" in cmd:
@@ -198,6 +203,11 @@ def test_evidence_plan_runs_only_unrecorded_jobs_and_records_them(tmp_path, monk
     assert (record / "simsiam/synthesis_syn_rationale_none_seed_0" / "metrics.json").is_file()
     assert not list(record.rglob("*.ckpt"))
     assert "failed: simsiam/synthesis_none_rationale_none_seed_1" in capsys.readouterr().err
+    # every LCR row that ran (3 per seed; SimSiam seed 1 failed) is evaluated with GAP too, and that is recorded
+    assert sorted(c.parent.parent.parent.name + "/" + c.parent.parent.name for c in gap_evals) == sorted(
+        f"{m}/synthesis_{s}_rationale_lcr_seed_{seed}" for seed in (0, 1)
+        for m, s in [("mocov2", "none"), ("mocov2", "syn"), ("simsiam", "none")] if (m, seed) != ("simsiam", 1))
+    assert len(list(record.rglob("metrics_eval_last_feature-gap.json"))) == 5
     ran.clear()
     assert evidence.main(["run", *args]) == 1  # a rerun retries only the failed jobs
     assert len(ran) == 3
@@ -279,13 +289,21 @@ def test_evidence_jobs_run_concurrently_on_split_cores_and_are_all_recorded(tmp_
             raise AssertionError("nothing is left running after a normal end")
 
     monkeypatch.setattr(evidence.subprocess, "Popen", FakeProc)
-    monkeypatch.setattr(evidence.subprocess, "run", lambda *a, **k: pytest.fail("--jobs 2 runs no job inline"))
+    inline = []
+
+    def gap_eval(cmd, cwd, env, stdout, stderr):
+        assert "eval.feature=gap" in cmd, "--jobs 2 runs no training job inline"
+        assert env["OMP_NUM_THREADS"] == "2" and stdout is not None  # the job's share, into its evidence.log
+        inline.append(cmd)
+        return evidence.subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(evidence.subprocess, "run", gap_eval)
     record, work = tmp_path / "record", tmp_path / "work"
     args = ["--seeds", "0,1", "--work", str(work), "--record", str(record), "--jobs", "2"]
     orig = evidence.run_jobs
     monkeypatch.setattr(evidence, "run_jobs", lambda *a, **k: orig(*a, **{**k, "poll_s": 0.0}))
     assert evidence.main(["run", *args]) == 1
-    assert peak[0] == 2 and not live
+    assert peak[0] == 2 and not live and len(inline) == 6  # 3 LCR rows x 2 seeds
     assert all(e["OMP_NUM_THREADS"] == "2" and e["MKL_NUM_THREADS"] == "2" for e in envs)
     assert len(envs) == 2 + 7 * 2
     recorded = {p.parent.relative_to(record).as_posix() for p in record.rglob("metrics*.json")}

@@ -123,3 +123,24 @@ def test_bad_directory_is_one_line_error(tmp_path: Path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     assert results.main([str(tmp_path)]) == 2
     assert "no job directory" in capsys.readouterr().err
+
+
+def test_later_evaluations_are_rows_of_their_own_paired_by_seed(tmp_path, capsys):
+    """--evals NAME: each job's metrics_eval_NAME.json becomes a row labelled eval=NAME, paired by seed with
+    the baseline like a configuration; jobs without the file add nothing; an unreadable one is listed."""
+    from fgssl import results
+
+    for seed, (base, lcr, gap) in enumerate([(10.0, 12.0, 11.0), (11.0, 14.0, 11.5), (12.0, 13.0, 12.5)]):
+        make_job(tmp_path, 2 * seed, ["rationale=none", f"seed={seed}"], {"test/knn_top1": base}, seed=seed)
+        d = make_job(tmp_path, 2 * seed + 1, ["rationale=lcr", f"seed={seed}"], {"test/knn_top1": lcr}, seed=seed)
+        if seed < 2:
+            (d / "metrics_eval_last_feature-gap.json").write_text(json.dumps({"test/knn_top1": gap, "ckpt": "x"}))
+    assert results.main([str(tmp_path), "--evals", "last_feature-gap", "--baseline", "rationale=none",
+                         "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| rationale=lcr, eval=last_feature-gap | 2 | 0,1 | 11.25 ± 0.35 |" in out
+    assert "| rationale=lcr | 3 | 0,1,2 | 13.00 ± 1.00 |" in out
+    assert "| rationale=lcr, eval=last_feature-gap | 2 | +0.75 [-2.43, +3.93] |" in out
+    (tmp_path / "5_rationale=lcr" / "metrics_eval_last_feature-gap.json").write_text("{oops")
+    assert results.main([str(tmp_path), "--evals", "last_feature-gap", "--no-write"]) == 0
+    assert "metrics_eval_last_feature-gap.json:" in capsys.readouterr().out

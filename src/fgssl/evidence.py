@@ -23,6 +23,7 @@ run; Hydra composes and Lightning trains.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -38,8 +39,12 @@ from fgssl.config import run_slug
 from fgssl.results import FLOOR_FILES
 from fgssl.runs import find_job_dirs
 
+#: Every LCR row is also evaluated with plain GAP pooling on its own final checkpoint (``evaluate.py
+#: ckpt=<run>/checkpoints/last.ckpt eval.feature=gap``; ``fgssl.results --evals last_feature-gap``): the pair
+#: separates what LCR's training did to the features from what its pooling does at test time.
+GAP_EVAL = "last_feature-gap"
 KEEP = (layout.METRICS, layout.CURVE, f"{layout.CHECKPOINTS}/{layout.CONFIG}", layout.HYDRA_OVERRIDES,
-        f"{layout.CSV_DIR}/metrics.csv")
+        f"{layout.CSV_DIR}/metrics.csv", f"{layout.EVAL_METRICS_PREFIX}{GAP_EVAL}.json")
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The rows of the comparison: (method, synthesis, rationale). MoCo v2 gets all four, SimSiam three. The two
@@ -81,6 +86,13 @@ class Job:
             return [sys.executable, str(ROOT / "train.py"), *common, *self.overrides, f"hydra.run.dir={run_dir}"]
         return [sys.executable, str(ROOT / "evaluate.py"), *common, f"ckpt={self.kind}", f"out_dir={run_dir}",
                 f"hydra.run.dir={run_dir}"]
+
+    def followup(self, run_dir: Path) -> Optional[List[str]]:
+        """The evaluation that follows a finished job (LCR rows: the same checkpoint with GAP pooling)."""
+        if self.kind == "train" and "rationale=lcr" in self.overrides:
+            return [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={run_dir / layout.CHECKPOINTS / 'last.ckpt'}",
+                    "eval.feature=gap"]
+        return None
 
     def done(self, record: Path) -> bool:
         if self.kind == "train":
@@ -134,6 +146,11 @@ def _job_env(n_jobs: int) -> Optional[dict]:
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
+@contextlib.contextmanager
+def _no_file():
+    yield None  # subprocess's own stdout / stderr
+
+
 def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, extra: Sequence[str] = (),
              n_jobs: int = 1, poll_s: float = 5.0) -> List[str]:
     """Run ``todo`` with at most ``n_jobs`` at a time, recording each job as soon as it finishes; returns the
@@ -150,6 +167,13 @@ def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, ext
         if rc != 0:
             failed.append(job.name)
         else:
+            more = job.followup(work.resolve() / job.name)
+            if more is not None:  # a short evaluation (seconds): run in place, its output with the job's
+                print(f"  $ {' '.join(more[1:])}", flush=True)
+                with open(work / job.name / "evidence.log", "a") if n_jobs > 1 else _no_file() as log:
+                    if subprocess.run(more, cwd=ROOT, env=env, stdout=log, stderr=log).returncode != 0:
+                        print(f"  warning: {job.name}: the GAP evaluation failed; the job is recorded without it",
+                              flush=True)
             collect(work / job.name, record / job.name)
         if n_jobs > 1:
             state = "done" if rc == 0 else f"FAILED (exit {rc}; log: {work / job.name / 'evidence.log'})"

@@ -15,6 +15,10 @@ readable ``metrics.json`` (failed, killed, still running) are listed below it
 and left out of the statistics, and when DIR holds Hydra's ``multirun.yaml``,
 sweep points that have no job directory at all are listed as well.
 
+``--evals NAME`` adds, for every job that has it, the later evaluation ``metrics_eval_NAME.json``
+(``evaluate.py`` on the job's checkpoint, e.g. ``eval.feature=gap`` -> ``last_feature-gap``) as a row of
+its own, labelled ``eval=NAME`` and paired by seed like any other configuration.
+
 Writes ``DIR/results.md`` (the printed markdown) and ``DIR/results.csv`` (one
 row per configuration: one column per varying override, ``n``, ``seeds``, then
 ``<metric>_mean`` and ``<metric>_std`` for every metric).
@@ -32,6 +36,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from fgssl.layout import EVAL_METRICS_PREFIX
 
 # the one reader of run folders (also used by figures and evidence); these names stay importable from here
 from fgssl.runs import Job, find_job_dirs, override_key, read_job, read_jobs, read_metrics, read_yaml  # noqa: F401
@@ -136,6 +142,21 @@ def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
     varying = [k for k in keys if len({d.get(k) for d in per}) > 1]
     common = [per[0][k] for k in keys if k not in varying]
     return varying, common
+
+
+def with_evals(jobs: Sequence[Job], evals: Sequence[str]) -> List[Job]:
+    """``jobs`` plus, for each job and each name in ``evals`` whose ``metrics_eval_<name>.json`` it holds, a job
+    of that evaluation's metrics with the extra override ``eval=<name>`` (same folder, seed and config)."""
+    out = list(jobs)
+    for name in evals:
+        for j in jobs:
+            f = j.path / f"{EVAL_METRICS_PREFIX}{name}.json"
+            if j.error is None and f.is_file():
+                try:
+                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, read_metrics(f), config=j.config))
+                except Exception as e:  # noqa: BLE001 - unreadable: listed with the failed jobs, not dropped silently
+                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, error=f"{f.name}: {e}"))
+    return out
 
 
 def _label(group: Group, varying: Sequence[str]) -> str:
@@ -286,14 +307,14 @@ def _missing_jobs(root: Path, jobs: Sequence[Job]) -> List[str]:
 
 def build_tables(root: Path, ignore: Sequence[str] = DEFAULT_IGNORE, patterns: Optional[Sequence[str]] = None,
                  digits: int = 2, baseline: Optional[str] = None,
-                 floor_dirs: Sequence[Path] = ()) -> Dict[str, Any]:
+                 floor_dirs: Sequence[Path] = (), evals: Sequence[str] = ()) -> Dict[str, Any]:
     """Read ``root`` and return ``{"markdown", "csv_rows", "groups", "failed", "missing", "metrics"}``.
 
     Floor rows (``metrics_eval_colorhist*.json``, ``metrics_eval_random*.json`` anywhere under ``root`` or
     ``floor_dirs``) come first; with ``baseline`` (``key=value`` overrides naming one configuration)
     a second table gives every other configuration's mean paired difference to it, seed by seed, with
     a 95 % t interval."""
-    jobs = read_jobs(root)
+    jobs = with_evals(read_jobs(root), evals)
     failed = [j for j in jobs if j.error is not None]
     groups = group_jobs(jobs, ignore)
     floors = find_floors(root)
@@ -353,6 +374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,...]",
                    help="the configuration to compare every other one against, seed by seed (paired "
                         "differences with 95%% t intervals), e.g. 'synthesis=none,rationale=none'")
+    p.add_argument("--evals", action="append", default=[], metavar="NAME",
+                   help="also a row per later evaluation metrics_eval_NAME.json found in the jobs' folders "
+                        "(repeatable), e.g. last_feature-gap")
     a = p.parse_args(argv)
     root = Path(a.dir).expanduser()
     if not root.is_dir():
@@ -360,7 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     ignore = list(DEFAULT_IGNORE) + [k for k in a.ignore if k not in DEFAULT_IGNORE]
     try:
-        res = build_tables(root, ignore, a.metrics, a.digits, a.baseline, [Path(d) for d in a.floors])
+        res = build_tables(root, ignore, a.metrics, a.digits, a.baseline, [Path(d) for d in a.floors],
+                            a.evals)
     except ValueError as e:
         print(f"fgssl.results: {e}", file=sys.stderr)
         return 2
