@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from fgssl.layout import EVAL_METRICS_PREFIX
-
 # the one reader of run folders (also used by figures and evidence); these names stay importable from here
-from fgssl.runs import Job, find_job_dirs, override_key, read_job, read_jobs, read_metrics, read_yaml  # noqa: F401
+from fgssl.runs import Job, find_job_dirs, override_key, read_job, read_jobs, read_metrics, read_yaml, with_evals  # noqa: F401
 
 #: The headline metrics, shown first and in this order.
 HEADLINE = ("test/retrieval_rank1", "test/retrieval_rank5", "test/retrieval_map", "test/linear_top1",
@@ -142,21 +140,6 @@ def varying_keys(groups: Sequence[Group]) -> Tuple[List[str], List[str]]:
     varying = [k for k in keys if len({d.get(k) for d in per}) > 1]
     common = [per[0][k] for k in keys if k not in varying]
     return varying, common
-
-
-def with_evals(jobs: Sequence[Job], evals: Sequence[str]) -> List[Job]:
-    """``jobs`` plus, for each job and each name in ``evals`` whose ``metrics_eval_<name>.json`` it holds, a job
-    of that evaluation's metrics with the extra override ``eval=<name>`` (same folder, seed and config)."""
-    out = list(jobs)
-    for name in evals:
-        for j in jobs:
-            f = j.path / f"{EVAL_METRICS_PREFIX}{name}.json"
-            if j.error is None and f.is_file():
-                try:
-                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, read_metrics(f), config=j.config))
-                except Exception as e:  # noqa: BLE001 - unreadable: listed with the failed jobs, not dropped silently
-                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, error=f"{f.name}: {e}"))
-    return out
 
 
 def _label(group: Group, varying: Sequence[str]) -> str:

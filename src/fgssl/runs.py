@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from fgssl import layout
 from fgssl.layout import RunLayout
@@ -130,3 +130,18 @@ def read_job(d: Path) -> Job:
 def read_jobs(root: Path) -> List[Job]:
     """Every job under ``root``, in sweep order (``0_...``, ``1_...``, then by name)."""
     return [read_job(d) for d in find_job_dirs(root)]
+
+
+def with_evals(jobs: Sequence[Job], evals: Sequence[str]) -> List[Job]:
+    """``jobs`` plus, for each job and each name in ``evals`` whose ``metrics_eval_<name>.json`` it holds, a job
+    of that evaluation's metrics with the extra override ``eval=<name>`` (same folder, seed and config)."""
+    out = list(jobs)
+    for name in evals:
+        for j in jobs:
+            f = j.path / f"{layout.EVAL_METRICS_PREFIX}{name}.json"
+            if j.error is None and f.is_file():
+                try:
+                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, read_metrics(f), config=j.config))
+                except Exception as e:  # noqa: BLE001 - unreadable: listed with the failed jobs, not dropped silently
+                    out.append(Job(j.path, [*j.overrides, f"eval={name}"], j.seed, error=f"{f.name}: {e}"))
+    return out
