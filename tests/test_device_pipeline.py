@@ -4,6 +4,7 @@ workers path's torchvision transforms, batched augmentation, evaluation crops, a
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,7 @@ def test_device_loader_batches_are_seeded_and_shard_like_one_process(tmp_path):
 def test_views_are_drawn_in_workers_only_when_a_core_is_free(monkeypatch):
     """CPU: workers draw the views only when the model's threads leave a core to them (else they only
     oversubscribe the cores: measured slower, docs/results.md); GPU or no workers: never."""
-    monkeypatch.setattr(dp.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(dp.torch, "get_num_threads", lambda: 2)
     assert not dp.views_in_workers(cpu, 2)
@@ -230,7 +231,7 @@ def test_views_are_drawn_in_workers_only_when_a_core_is_free(monkeypatch):
 def test_cpu_workers_draw_the_same_views_as_the_main_process(tmp_path, monkeypatch):
     """CPU run with loader workers and a free core: each worker draws whole batches of views (overlapped with
     the step); they are the views the main process draws, so resume and DDP stay exact with workers too."""
-    monkeypatch.setattr(dp.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     fx = make_imagefolder_set(tmp_path / "ds")
     dm = _dm(fx, tmp_path, "data.batch_size=6", "data.image_size=24", "data.num_workers=2")
     dm.setup()

@@ -261,7 +261,7 @@ def test_evidence_jobs_run_concurrently_on_split_cores_and_are_all_recorded(tmp_
     from fgssl import evidence
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(evidence, "_cores", lambda: 4)
+    monkeypatch.setattr(evidence, "usable_cores", lambda: 4)
     live, peak, envs = [], [0], []
 
     class FakeProc:

@@ -38,6 +38,7 @@ from fgssl import layout
 from fgssl.config import run_slug
 from fgssl.results import FLOOR_FILES
 from fgssl.runs import find_job_dirs
+from fgssl.workers import usable_cores
 
 #: Every LCR row is also evaluated with plain GAP pooling on its own final checkpoint (``evaluate.py
 #: ckpt=<run>/checkpoints/last.ckpt eval.feature=gap``; ``fgssl.results --evals last_feature-gap``): the pair
@@ -132,23 +133,14 @@ def collect(src: Path, dst: Path) -> List[Path]:
     return unfinished
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _job_env(n_jobs: int) -> Optional[dict]:
     """The environment of one of ``n_jobs`` concurrent jobs: the cores split evenly between them (torch's
     default would give every job all of them, and ``n_jobs`` processes fighting over every core run slower
     than each on its own share). A thread count the user set (OMP_NUM_THREADS) is kept."""
     if n_jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
-    threads = str(max(1, _cores() // n_jobs))
+    threads = str(max(1, usable_cores() // n_jobs))
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-
-@contextlib.contextmanager
-def _no_file():
-    yield None  # subprocess's own stdout / stderr
 
 
 def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, extra: Sequence[str] = (),
@@ -170,7 +162,7 @@ def run_jobs(todo: Sequence[Job], experiment: str, work: Path, record: Path, ext
             more = job.followup(work.resolve() / job.name)
             if more is not None:  # a short evaluation (seconds): run in place, its output with the job's
                 print(f"  $ {' '.join(more[1:])}", flush=True)
-                with open(work / job.name / "evidence.log", "a") if n_jobs > 1 else _no_file() as log:
+                with open(work / job.name / "evidence.log", "a") if n_jobs > 1 else contextlib.nullcontext() as log:
                     if subprocess.run(more, cwd=ROOT, env=env, stdout=log, stderr=log).returncode != 0:
                         print(f"  warning: {job.name}: the GAP evaluation failed; the job is recorded without it",
                               flush=True)

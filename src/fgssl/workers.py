@@ -16,6 +16,12 @@ import signal
 _KILL_AT_EXIT = False
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, e.g. a SLURM or
+    ``taskset`` share; else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _kill_daemonic_children() -> None:
     """At exit, multiprocessing SIGTERMs its daemonic children (loader workers) and joins them. Our
     workers ignore SIGTERM (:class:`QuietWorkerInit`), so a worker whose loader was never shut down

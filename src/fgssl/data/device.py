@@ -38,7 +38,6 @@ antialiasing. ``make bench`` measures this pipeline against ``kornia.augmentatio
 from __future__ import annotations
 
 import copy
-import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -78,6 +77,7 @@ from fgssl.data.view_params import (  # noqa: F401
     ViewKnobs,
     view_params,
 )
+from fgssl.workers import usable_cores
 
 
 # ---------------------------------------------------------------------- placement
@@ -223,8 +223,7 @@ def views_in_workers(device: torch.device, num_workers: int) -> bool:
     drawn in the main process (0 workers)."""
     if device.type != "cpu" or num_workers <= 0:
         return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return torch.get_num_threads() < cores
+    return torch.get_num_threads() < usable_cores()
 
 
 class DeviceTrainLoader(ResumableLoader):
