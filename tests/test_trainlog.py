@@ -71,3 +71,13 @@ def test_reproduces_the_diagnosis_numbers_docs_evidence_quotes():
     means = runs["synthesis_syn_rationale_none_seed_0"]
     got = {k: trainlog.block_mean(means[k], 25, 29) for k in ("train/L_R", "train/L_Cp", "train/syn_shift")}
     assert {k: round(v, 2) for k, v in got.items()} == {"train/L_R": 0.51, "train/L_Cp": 4.16, "train/syn_shift": 1.07}
+
+
+def test_per_run_tables_show_only_the_keys_that_run_logged(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    _log(sweep / "base", "0,1,6.0,,\n")
+    _log(sweep / "syn", "0,1,6.0,0.9,\n")
+    assert trainlog.main([str(sweep)]) == 0
+    base, syn = capsys.readouterr().out.split("syn\n")  # the second table starts with its label
+    assert "| epochs | train/L_C |\n" in base and "train/L_R" not in base
+    assert "| epochs | train/L_C | train/L_R |" in syn

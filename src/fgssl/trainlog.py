@@ -143,7 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.epochs is not None:
             print(runs_table(runs, keys, *_epoch_range(a.epochs)))
         else:
-            print("\n\n".join(block_table(label, m, keys, a.every) for label, m in runs))
+            # default keys: each run's table shows the train/* keys that run logged (a SYN run has no L_fit)
+            own = (lambda m: [k for k in keys if k in m]) if not a.keys else (lambda m: keys)
+            print("\n\n".join(block_table(label, m, own(m), a.every) for label, m in runs))
     except TrainLogError as e:
         print(f"fgssl error: {e}", file=sys.stderr)
         return 2
