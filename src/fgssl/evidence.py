@@ -45,7 +45,7 @@ from fgssl.workers import usable_cores
 #: separates what LCR's training did to the features from what its pooling does at test time.
 GAP_EVAL = "last_feature-gap"
 KEEP = (layout.METRICS, layout.CURVE, f"{layout.CHECKPOINTS}/{layout.CONFIG}", layout.HYDRA_OVERRIDES,
-        f"{layout.CSV_DIR}/metrics.csv", f"{layout.EVAL_METRICS_PREFIX}{GAP_EVAL}.json")
+        layout.CSV_LOG, f"{layout.EVAL_METRICS_PREFIX}{GAP_EVAL}.json")
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The rows of the comparison: (method, synthesis, rationale). MoCo v2 gets all four, SimSiam three. The two

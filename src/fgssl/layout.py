@@ -41,6 +41,8 @@ METRICS = "metrics.json"
 EVAL_METRICS_PREFIX = "metrics_eval_"
 CURVE = "curve.json"
 CSV_DIR = "csv"
+#: the training log that logger=csv writes (Lightning's CSVLogger file name, in CSV_DIR)
+CSV_LOG = f"{CSV_DIR}/metrics.csv"
 WANDB_ID = "wandb_run_id.txt"
 BAD_IMAGES = "bad_images.txt"
 ERROR = "error.txt"
@@ -90,6 +92,10 @@ class RunLayout:
     @property
     def csv_dir(self) -> Path:
         return self.root / CSV_DIR
+
+    @property
+    def csv_log(self) -> Path:
+        return self.root / CSV_LOG
 
     @property
     def wandb_id(self) -> Path:

@@ -9,7 +9,7 @@ epochs (each epoch counts once, however many steps it logged), and prints Markdo
 - ``--epochs A-B``: one table for all runs, a row per run, the means over epochs A to B.
 
 ``--keys`` picks the columns (default: every ``train/*`` key the runs logged); ``--only TEXT`` keeps the
-runs whose folder name contains TEXT. Bad input is one ``fgssl error:`` line naming the folder or key.
+runs whose path contains TEXT. Bad input is one ``fgssl error:`` line naming the folder or key.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def find_logs(dirs: Sequence[Path], only: Optional[str] = None) -> List[Tuple[st
         if not d.is_dir():
             raise TrainLogError(f"{d} is not a directory")
         for job in find_job_dirs(d) or [d]:
-            log = job / layout.CSV_DIR / "metrics.csv"
+            log = layout.RunLayout(job).csv_log
             label = str(job.relative_to(d)) if job != d else d.name
             if log.is_file() and (only is None or only in str(job)):
                 runs.append((label, read_log(log)))
     if not runs:
         what = f" whose path contains {only!r}" if only else ""
-        raise TrainLogError(f"no training log ({layout.CSV_DIR}/metrics.csv, logger=csv) under "
+        raise TrainLogError(f"no training log ({layout.CSV_LOG}, logger=csv) under "
                             f"{', '.join(map(str, dirs))}{what}")
     return runs
 
@@ -144,8 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(runs_table(runs, keys, *_epoch_range(a.epochs)))
         else:
             # default keys: each run's table shows the train/* keys that run logged (a SYN run has no L_fit)
-            own = (lambda m: [k for k in keys if k in m]) if not a.keys else (lambda m: keys)
-            print("\n\n".join(block_table(label, m, own(m), a.every) for label, m in runs))
+            print("\n\n".join(block_table(label, m, keys if a.keys else [k for k in keys if k in m], a.every)
+                              for label, m in runs))
     except TrainLogError as e:
         print(f"fgssl error: {e}", file=sys.stderr)
         return 2
